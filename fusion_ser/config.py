@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ class TrainConfig:
     cache_dir: Optional[str] = None  # None: ~/.cache/fusion-ser/features
     num_workers: int = 0
     log_every: int = 10
+    report: bool = True  # write report.md + figures (fusion_ser.evaluation) when training ends
 
 
 @dataclass
@@ -186,6 +188,9 @@ def _strip_optional(tp: Any) -> Any:
     return tp
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML value to the field's declared type, or raise naming the key."""
     optional = typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
@@ -197,7 +202,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(base):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of options, got {value!r}")
-        return _build(base, value, key + ".")
+        return build_dataclass(base, value, key + ".")
     origin = typing.get_origin(base)
     if origin is list:
         (item_tp,) = typing.get_args(base) or (Any,)
@@ -215,6 +220,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if base is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads exponents without a dot (1e-3) as strings
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -225,7 +232,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, values: dict, prefix: str = "") -> Any:
+def build_dataclass(cls: type, values: dict, prefix: str = "") -> Any:
+    """Build a (nested) config dataclass from a mapping, strictly: unknown keys and wrong types raise ConfigError."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -270,7 +278,7 @@ def parse_overrides(overrides: list[str]) -> dict:
 
 
 def config_from_dict(values: dict) -> Config:
-    return _build(Config, values or {}).validate()
+    return build_dataclass(Config, values or {}).validate()
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
@@ -309,5 +317,10 @@ def save_config(cfg: Config, path: str | Path, extra: Optional[dict] = None) -> 
 def read_config(path: str | Path) -> Config:
     """Read a resolved config written by save_config (ignores the `_run` provenance block)."""
     data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a resolved config must hold a mapping of options")
     data.pop("_run", None)
-    return config_from_dict(data)
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,145 @@
+"""Audio loading: any file soundfile reads, any rate or channel count -> 16 kHz mono float32.
+
+Bad clips raise `AudioError` with a short `reason` (unreadable, empty, non-finite, silent, too short, truncated)
+and a message naming the file, so a job over many files can report and skip them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from fusion_ser.errors import FusionSerError
+
+log = logging.getLogger(__name__)
+
+# WAV headers that streaming writers leave unfilled; a mismatch with them is not truncation.
+_UNSET_SIZES = {0, 0x7FFFFFFF, 0xFFFFFFFF}
+_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+class AudioError(FusionSerError):
+    """A clip that cannot be used; `reason` is a short code, the message names the file and what is wrong."""
+
+    def __init__(self, path: str | Path, reason: str, detail: str = "") -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.detail = detail
+        extra = f" ({detail})" if detail else ""
+        super().__init__(f"audio file '{path}': {reason}{extra}")
+
+
+def _require_file(path: str | Path) -> None:
+    if not Path(path).is_file():
+        raise AudioError(path, "unreadable", "file does not exist")
+
+
+def _read(path: str | Path) -> tuple[np.ndarray, int]:
+    _require_file(path)
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as e:
+        raise AudioError(path, "unreadable", str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    return data, rate
+
+
+def to_mono_16k(data: np.ndarray, rate: int, sample_rate: int = 16000) -> np.ndarray:
+    """Average channels of a (frames,) or (frames, channels) array and resample with soxr to `sample_rate`."""
+    x = np.asarray(data, dtype=np.float32)
+    if x.ndim == 2:
+        channels = x.shape[1]  # a mat-vec product: much faster than a strided mean over interleaved frames
+        x = x @ np.full(channels, 1.0 / channels, dtype=np.float32) if channels > 1 else x[:, 0]
+    if rate != sample_rate and x.size:
+        x = soxr.resample(x, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def load_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = 0.1) -> np.ndarray:
+    """Decode a clip to mono float32 at `sample_rate`; raise AudioError for unreadable/empty/bad/short clips."""
+    data, rate = _read(path)
+    if data.size == 0:
+        raise AudioError(path, "empty", "no audio frames")
+    if not np.isfinite(data).all():
+        raise AudioError(path, "non-finite", "contains NaN or infinite samples")
+    if not np.any(data):
+        raise AudioError(path, "silent", "every sample is zero")
+    seconds = data.shape[0] / rate
+    if seconds < min_seconds:
+        raise AudioError(path, "too short", f"{seconds:.3f} s < {min_seconds} s")
+    return to_mono_16k(data, rate, sample_rate)
+
+
+def audio_duration(path: str | Path) -> float:
+    """Duration in seconds from the file header only (no decoding)."""
+    _require_file(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as e:
+        raise AudioError(path, "unreadable", str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    return info.frames / info.samplerate if info.samplerate else 0.0
+
+
+def _truncation(path: str | Path) -> Optional[str]:
+    """Detail text when the header declares more audio data than the file holds, else None."""
+    try:
+        extra = sf.info(str(path)).extra_info
+    except (sf.SoundFileError, RuntimeError, OSError):
+        return None
+    m = _DATA_SIZE.search(extra or "")
+    if m is None:
+        return None
+    declared, actual = int(m.group(1)), int(m.group(2))
+    if declared in _UNSET_SIZES or declared <= actual:
+        return None
+    return f"header declares {declared} data bytes, file holds {actual}"
+
+
+def check_clip(path: str | Path, sample_rate: int = 16000, min_seconds: float = 0.1) -> None:
+    """Fully decode a clip and check its header for truncation; raise AudioError when it is not usable."""
+    load_audio(path, sample_rate=sample_rate, min_seconds=min_seconds)
+    detail = _truncation(path)
+    if detail is not None:
+        raise AudioError(path, "truncated", detail)
+
+
+def check_audio(
+    paths: Iterable[str | Path],
+    progress: Optional[Callable[[int], object]] = None,
+    sample_rate: int = 16000,
+    min_seconds: float = 0.1,
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode every clip; return a boolean ok mask (one per path) and the rejected (path, reason) pairs.
+
+    `progress`, when given, is called with 1 after each file (e.g. a tqdm bar's `update`).
+    """
+    paths = [str(p) for p in paths]
+    ok = np.ones(len(paths), dtype=bool)
+    rejected: list[tuple[str, str]] = []
+    for i, p in enumerate(paths):
+        try:
+            check_clip(p, sample_rate=sample_rate, min_seconds=min_seconds)
+        except AudioError as e:
+            ok[i] = False
+            reason = f"{e.reason}: {e.detail}" if e.detail else e.reason
+            rejected.append((p, reason))
+            log.info("rejected %s: %s", p, reason)
+        if progress is not None:
+            progress(1)
+    return ok, rejected
+
+
+def audio_durations(paths: Iterable[str | Path]) -> np.ndarray:
+    """Header durations in seconds, NaN for empty paths and unreadable files."""
+    out = []
+    for p in paths:
+        try:
+            out.append(audio_duration(p) if p else float("nan"))
+        except AudioError:
+            out.append(float("nan"))
+    return np.asarray(out, dtype=float)

@@ -1,0 +1,215 @@
+"""The training/evaluation dataset over a manifest frame and the collate function that builds the batch dict.
+
+Audio is read with `load_audio` (or replaced by cached frozen-encoder features); long clips are randomly cropped
+in training only, with a crop that depends on (seed, epoch, row) alone so that a resumed run sees the same crops.
+Clips that cannot be read are screened out before training with a summary, and any that still fail at load time
+are logged and dropped from their batch with a count, never crashing a long job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from fusion_ser.config import Config
+from fusion_ser.data.audio import AudioError, audio_duration, load_audio
+from fusion_ser.data.schema import SOFT_PREFIX
+from fusion_ser.encoders.base import Encoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScreenReport:
+    """Rows dropped before training and why (utt_id -> reason)."""
+
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line: how many clips were dropped, with a few examples."""
+        if not self.dropped:
+            return "all clips readable"
+        examples = "; ".join(f"{u}: {r}" for u, r in list(self.dropped.items())[:3])
+        return f"{len(self.dropped)} clip(s) skipped as unreadable or unusable (e.g. {examples})"
+
+
+def screen_audio(df: pd.DataFrame, min_seconds: float) -> tuple[pd.DataFrame, np.ndarray, ScreenReport]:
+    """Read every clip's header once: returns the usable rows, their durations (s), and what was dropped."""
+    report = ScreenReport()
+    durations = []
+    keep = np.ones(len(df), dtype=bool)
+    for i, (utt, path) in enumerate(zip(df["utt_id"], df["path"])):
+        try:
+            d = audio_duration(path)
+        except AudioError as e:
+            keep[i] = False
+            report.dropped[str(utt)] = str(e)
+            continue
+        if d < min_seconds:
+            keep[i] = False
+            report.dropped[str(utt)] = f"audio file '{path}': too short ({d:.3f} s < {min_seconds} s)"
+            continue
+        durations.append(d)
+    if report.dropped:
+        logger.warning(report.summary())
+    return df[keep].reset_index(drop=True), np.asarray(durations, dtype=np.float64), report
+
+
+def soft_label_matrix(df: pd.DataFrame, labels: list[str]) -> Optional[np.ndarray]:
+    """(N, K) annotator distributions from p_<label> columns (missing columns/values -> 0), or None if there are none."""
+    cols = [f"{SOFT_PREFIX}{c}" for c in labels]
+    if not any(c in df.columns for c in cols):
+        return None
+    out = np.zeros((len(df), len(labels)), dtype=np.float32)
+    for j, c in enumerate(cols):
+        if c in df.columns:
+            out[:, j] = pd.to_numeric(df[c], errors="coerce").fillna(0.0).to_numpy(np.float32)
+    return out
+
+
+@dataclass
+class CachedInput:
+    """A frozen encoder whose outputs the dataset reads from a FeatureCache instead of running the backbone."""
+
+    modality: str  # audio | text
+    encoder: Encoder
+    cache: Any  # fusion_ser.training.cache.FeatureCache
+
+
+class EmotionDataset(Dataset):
+    """Rows of a manifest frame as batch items (audio, text, targets); `set_epoch` selects the training crops."""
+
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        cfg: Config,
+        labels: list[str],
+        *,
+        training: bool,
+        durations: Optional[np.ndarray] = None,
+        cached: Optional[list[CachedInput]] = None,
+    ):
+        self.df = df.reset_index(drop=True)
+        self.cfg = cfg
+        self.labels = list(labels)
+        self.training = training
+        self.seed = cfg.seed
+        self.epoch = 0
+        self.needs_audio = cfg.modality in ("audio", "both")
+        self.needs_text = cfg.modality in ("text", "both")
+        self.cached = {c.modality: c for c in (cached or [])}
+        if durations is None and self.needs_audio:
+            durations = np.array([audio_duration(p) for p in self.df["path"]], dtype=np.float64)
+        self.durations = durations
+        index = {c: i for i, c in enumerate(self.labels)}
+        self.label_idx = self.df["label"].map(lambda x: index.get(str(x), -1)).to_numpy(np.int64)
+        self.soft = soft_label_matrix(self.df, self.labels) if cfg.loss.type == "soft_ce" else None
+        attrs = list(cfg.data.attributes)
+        self.attributes = (
+            self.df[attrs].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
+            if cfg.task == "attributes" else None
+        )
+        self.failures: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training crops are a function of (seed, epoch, row): call once per epoch."""
+        self.epoch = int(epoch)
+
+    def lengths(self) -> np.ndarray:
+        """Per-row length used for bucketing: seconds of audio (capped like the crops), or characters of text."""
+        if self.needs_audio:
+            cap = self.cfg.data.max_train_seconds if self.training else self.cfg.data.max_eval_seconds
+            return np.minimum(self.durations, cap)
+        return self.df["text"].astype(str).str.len().to_numpy(np.float64)
+
+    def _rng(self, idx: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, idx])
+
+    def _crop(self, n: int, max_n: int, idx: int) -> tuple[int, int]:
+        """(start, stop) of a random window in training, of the first max_n in evaluation."""
+        if n <= max_n:
+            return 0, n
+        start = int(self._rng(idx).integers(0, n - max_n + 1)) if self.training else 0
+        return start, start + max_n
+
+    def _audio(self, idx: int, row: pd.Series) -> dict[str, Any]:
+        seconds = self.cfg.data.max_train_seconds if self.training else self.cfg.data.max_eval_seconds
+        cached = self.cached.get("audio")
+        if cached is not None:
+            feats = cached.cache.get(cached.encoder, {"utt_id": row["utt_id"], "path": row["path"]})
+            t = feats.shape[-2]
+            dur = float(self.durations[idx]) if self.durations is not None else 0.0
+            max_t = max(1, int(math.ceil(t * seconds / dur))) if dur > 0 else t
+            start, stop = self._crop(t, max_t, idx)
+            return {"cached_audio": feats[..., start:stop, :]}
+        wav = load_audio(row["path"], sample_rate=self.cfg.data.sample_rate, min_seconds=self.cfg.data.min_seconds)
+        start, stop = self._crop(len(wav), int(seconds * self.cfg.data.sample_rate), idx)
+        return {"wav": wav[start:stop]}
+
+    def __getitem__(self, idx: int) -> Optional[dict[str, Any]]:
+        row = self.df.iloc[idx]
+        item: dict[str, Any] = {"index": idx, "utt_id": str(row["utt_id"]), "text": str(row.get("text", "") or "")}
+        if self.needs_audio:
+            try:
+                item.update(self._audio(idx, row))
+            except AudioError as e:
+                logger.warning("skipping '%s': %s", item["utt_id"], e)
+                self.failures[item["utt_id"]] = str(e)
+                return None
+        cached_text = self.cached.get("text")
+        if self.needs_text and cached_text is not None:
+            item["cached_text"] = cached_text.cache.get(cached_text.encoder, {"utt_id": item["utt_id"], "text": item["text"]})
+        item["label"] = int(self.label_idx[idx])
+        if self.soft is not None:
+            item["soft_label"] = self.soft[idx]
+        if self.attributes is not None:
+            item["attributes"] = self.attributes[idx]
+        return item
+
+
+def _pad_cached(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (..., T_i, D) tensors into (B, ..., T_max, D) zero-padded float32 and a (B, T_max) mask."""
+    t_max = max(t.shape[-2] for t in tensors)
+    first = tensors[0]
+    out = torch.zeros((len(tensors), *first.shape[:-2], t_max, first.shape[-1]), dtype=torch.float32)
+    mask = torch.zeros((len(tensors), t_max), dtype=torch.bool)
+    for i, t in enumerate(tensors):
+        out[i, ..., : t.shape[-2], :] = t.float()
+        mask[i, : t.shape[-2]] = True
+    return out, mask
+
+
+def collate(items: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
+    """Batch dict of docs/architecture.md from dataset items; items that failed to load (None) are dropped."""
+    kept = [it for it in items if it is not None]
+    batch: dict[str, Any] = {"skipped": len(items) - len(kept), "size": len(kept)}
+    if not kept:
+        return batch
+    batch["index"] = torch.tensor([it["index"] for it in kept], dtype=torch.long)
+    batch["utt_id"] = [it["utt_id"] for it in kept]
+    batch["text"] = [it["text"] for it in kept]
+    if "wav" in kept[0]:
+        lengths = torch.tensor([len(it["wav"]) for it in kept], dtype=torch.long)
+        wav = torch.zeros((len(kept), int(lengths.max())), dtype=torch.float32)
+        for i, it in enumerate(kept):
+            wav[i, : len(it["wav"])] = torch.from_numpy(np.asarray(it["wav"], dtype=np.float32))
+        batch["wav"], batch["wav_lengths"] = wav, lengths
+    for key in ("cached_audio", "cached_text"):
+        if key in kept[0]:
+            batch[key], batch[f"{key}_mask"] = _pad_cached([it[key] for it in kept])
+    batch["label"] = torch.tensor([it["label"] for it in kept], dtype=torch.long)
+    if "soft_label" in kept[0]:
+        batch["soft_label"] = torch.from_numpy(np.stack([it["soft_label"] for it in kept]))
+    if "attributes" in kept[0]:
+        batch["attributes"] = torch.from_numpy(np.stack([it["attributes"] for it in kept]))
+    return batch
