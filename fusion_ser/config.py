@@ -95,6 +95,7 @@ class HeadConfig:
     dropout: float = 0.5
     per_attribute: bool = False  # one head per attribute (the baseline trained one model per attribute)
     standardize_frames: bool = False  # frozen encoders: per-dimension standardisation of frames with train-set statistics
+    standardize_pooled: bool = False  # standardise the pooled vector (BatchNorm without affine, running statistics)
 
 
 @dataclass

