@@ -1,9 +1,27 @@
-"""Metrics of the MSP-Podcast challenges: macro/micro F1 for categories, concordance correlation for attributes."""
+"""Metrics of the MSP-Podcast challenges: macro/micro F1 for categories, concordance correlation for attributes.
+
+`compute_metrics` turns a run-dir prediction frame into the full set of figures that metrics.json, reports and
+comparisons use; rows whose ground truth is unknown (unlabelled test sets, `other` rows) are skipped and counted.
+"""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
-from sklearn.metrics import f1_score
+import pandas as pd
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, recall_score
+
+from fusion_ser.errors import FusionSerError
+from fusion_ser.rundir import RunInfo
+
+log = logging.getLogger(__name__)
+
+RANGES = ("low", "mid", "high")  # bottom 25 %, middle 50 %, top 25 % of the ground truth
+
+
+class MetricsError(FusionSerError):
+    """A prediction frame that cannot be scored (missing columns, predictions outside the run's classes)."""
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: list | None = None) -> float:
@@ -20,3 +38,141 @@ def ccc(x: np.ndarray, y: np.ndarray) -> float:
     cov = ((x - mx) * (y - my)).mean()
     denom = vx + vy + (mx - my) ** 2
     return float(2 * cov / denom) if denom > 0 else 0.0
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation; 0 when either side is constant."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    sx, sy = x.std(), y.std()
+    if sx == 0 or sy == 0:
+        return 0.0
+    return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy))
+
+
+def range_masks(truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean masks of the bottom 25 % (<= q25), top 25 % (>= q75, not bottom) and the middle of the ground truth."""
+    truth = np.asarray(truth, dtype=np.float64)
+    q25, q75 = np.quantile(truth, [0.25, 0.75])
+    low = truth <= q25
+    high = (truth >= q75) & ~low
+    return {"low": low, "mid": ~low & ~high, "high": high}
+
+
+def categorical_arrays(df: pd.DataFrame, info: RunInfo, source: str = "predictions") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class indices (truth, prediction) of the rows with a known label among info.labels, and that row mask."""
+    labels = list(info.labels)
+    if not labels:
+        raise MetricsError(f"{source}: run.json lists no labels for a categorical run; rewrite it with the class order of prob_<class>")
+    index = {c: i for i, c in enumerate(labels)}
+    if "pred" in df.columns:
+        pred = df["pred"].astype(object).where(df["pred"].notna(), "").astype(str)
+    else:
+        prob_cols = [f"prob_{c}" for c in labels]
+        missing = [c for c in prob_cols if c not in df.columns]
+        if missing:
+            raise MetricsError(f"{source}: neither a 'pred' column nor all of {missing}; rewrite the predictions with predict_frame")
+        pred = pd.Series(np.asarray(labels, dtype=object)[df[prob_cols].to_numpy().argmax(axis=1)], index=df.index)
+    truth = df["label"] if "label" in df.columns else pd.Series([""] * len(df), index=df.index)
+    truth = truth.astype(object).where(truth.notna(), "").astype(str)
+    known = truth.isin(index).to_numpy()
+    bad = sorted(set(pred[known]) - set(labels))
+    if bad:
+        raise MetricsError(f"{source}: predicted classes {bad[:5]} are not among the run's classes {labels}; "
+                           "the run.json labels and the predictions disagree")
+    y = truth[known].map(index).to_numpy(dtype=np.int64)
+    p = pred[known].map(index).to_numpy(dtype=np.int64)
+    return y, p, known
+
+
+def attribute_arrays(df: pd.DataFrame, attribute: str, source: str = "predictions") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ground truth and prediction of one attribute on the rows where both are known, and that row mask."""
+    col = f"{attribute}_pred"
+    if col not in df.columns:
+        raise MetricsError(f"{source}: no '{col}' column; the run.json attributes and the predictions disagree")
+    truth = pd.to_numeric(df[attribute], errors="coerce") if attribute in df.columns else pd.Series(np.nan, index=df.index)
+    pred = pd.to_numeric(df[col], errors="coerce")
+    known = (truth.notna() & pred.notna()).to_numpy()
+    return truth[known].to_numpy(np.float64), pred[known].to_numpy(np.float64), known
+
+
+def categorical_metrics(y: np.ndarray, p: np.ndarray, labels: list[str]) -> dict:
+    """All class metrics from class-index arrays: F1 (macro, micro, support-weighted as MELD reports), UAR, accuracy, per-class P/R/F1, confusion.
+
+    As the challenge scorer (sklearn's default), macro-F1 averages the classes that occur in the truth or the
+    predictions, and UAR the classes that occur in the truth; per-class figures cover every class of the run."""
+    idx = list(range(len(labels)))
+    prec, rec, f1, support = precision_recall_fscore_support(y, p, labels=idx, zero_division=0)
+    return {
+        "n": int(len(y)),
+        "macro_f1": float(f1_score(y, p, average="macro", zero_division=0)),
+        "micro_f1": float(f1_score(y, p, labels=idx, average="micro", zero_division=0)),
+        "weighted_f1": float(f1_score(y, p, labels=idx, average="weighted", zero_division=0)),
+        "uar": float(recall_score(y, p, labels=np.unique(y), average="macro", zero_division=0)),
+        "accuracy": float((y == p).mean()) if len(y) else 0.0,
+        "labels": list(labels),
+        "per_class_precision": {c: float(v) for c, v in zip(labels, prec)},
+        "per_class_recall": {c: float(v) for c, v in zip(labels, rec)},
+        "per_class_f1": {c: float(v) for c, v in zip(labels, f1)},
+        "support": {c: int(v) for c, v in zip(labels, support)},
+        "confusion_matrix": confusion_matrix(y, p, labels=idx).tolist(),
+    }
+
+
+def attribute_metrics(truth: np.ndarray, pred: np.ndarray, attribute: str) -> dict:
+    """CCC, Pearson r, MSE and MSE by ground-truth range of one attribute."""
+    out = {
+        f"n_{attribute}": int(len(truth)),
+        f"ccc_{attribute}": ccc(truth, pred),
+        f"pearson_{attribute}": pearson(truth, pred),
+        f"mse_{attribute}": float(np.mean((truth - pred) ** 2)),
+    }
+    for name, mask in range_masks(truth).items():
+        out[f"mse_{attribute}_{name}"] = float(np.mean((truth[mask] - pred[mask]) ** 2)) if mask.any() else float("nan")
+        out[f"n_{attribute}_{name}"] = int(mask.sum())
+    return out
+
+
+def compute_metrics(df: pd.DataFrame, info: RunInfo, *, source: str = "predictions") -> dict:
+    """Every figure of a run-dir prediction frame; `n` rows scored, `n_skipped` rows with unknown truth.
+
+    `source` (e.g. the predictions file) names the frame in error messages."""
+    if info.task == "categorical":
+        y, p, known = categorical_arrays(df, info, source)
+        skipped = int((~known).sum())
+        if skipped:
+            log.info("%d of %d rows have no label among %s and are not scored", skipped, len(df), info.labels)
+        if len(y) == 0:
+            return {"n": 0, "n_skipped": skipped}
+        return {**categorical_metrics(y, p, list(info.labels)), "n_skipped": skipped}
+    if info.task == "attributes":
+        if not info.attributes:
+            raise MetricsError(f"{source}: run.json lists no attributes for an attribute run; rewrite it with the predicted attributes")
+        out: dict = {}
+        any_known = np.zeros(len(df), dtype=bool)
+        cccs = []
+        for a in info.attributes:
+            truth, pred, known = attribute_arrays(df, a, source)
+            any_known |= known
+            if len(truth) == 0:
+                continue
+            out.update(attribute_metrics(truth, pred, a))
+            cccs.append(out[f"ccc_{a}"])
+        if cccs:
+            out["ccc_mean"] = float(np.mean(cccs))
+        out["n"] = int(any_known.sum())
+        out["n_skipped"] = int((~any_known).sum())
+        return out
+    raise MetricsError(f"{source}: run.json task '{info.task}' is not one of ['categorical', 'attributes']")
+
+
+def headline_keys(info: RunInfo) -> list[str]:
+    """The figures a leaderboard reports for this kind of run (and that get confidence intervals)."""
+    if info.task == "categorical":
+        return ["macro_f1", "micro_f1", "uar", "accuracy"]
+    return [f"ccc_{a}" for a in info.attributes] + ["ccc_mean"]
+
+
+def primary_key(info: RunInfo) -> str:
+    """The figure runs are ranked by: macro-F1 (Task 1) or mean CCC (Task 2)."""
+    return "macro_f1" if info.task == "categorical" else "ccc_mean"

@@ -1,0 +1,287 @@
+"""Leaderboard-style comparison of runs against a baseline on the same utterances, written as md, html, csv or json.
+
+Each run gets its headline figures with bootstrap 95 % intervals and its difference to the baseline with a paired
+interval and a permutation p-value; runs are ranked by macro-F1 (categorical) or mean CCC (attributes).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from fusion_ser.errors import FusionSerError
+from fusion_ser.evaluation import plots
+from fusion_ser.evaluation.metrics import compute_metrics, headline_keys, primary_key
+from fusion_ser.evaluation.report import load_speakers
+from fusion_ser.evaluation.resampling import ScoreData, bootstrap_ci, paired_test, score_data
+from fusion_ser.rundir import RunDir, RunInfo, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("md", "html", "csv", "json")
+ATTRIBUTE_ORDER = ["valence", "arousal", "dominance"]  # leaderboard column order; others follow
+
+
+class CompareError(FusionSerError):
+    """Runs that cannot be put in one table (different tasks, classes or utterances)."""
+
+
+@dataclass
+class Comparison:
+    """Everything a comparison report shows; `table` is ranked, best first."""
+
+    split: str
+    task: str
+    baseline: str
+    n: int
+    table: pd.DataFrame
+    per_class: pd.DataFrame  # categorical: classes x runs (F1); attributes: figures x runs
+    columns: list[str] = field(default_factory=list)  # headline figures in leaderboard order
+    confusions: dict[str, list] = field(default_factory=dict)
+    metrics: dict[str, dict] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+
+def _names(paths: list[Path]) -> list[str]:
+    """Short unique names for runs: the folder name, or parent/name where folder names repeat."""
+    names = [p.name for p in paths]
+    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+
+
+def _headline_columns(info: RunInfo) -> list[str]:
+    if info.task == "categorical":
+        return ["macro_f1", "micro_f1"]
+    attrs = [a for a in ATTRIBUTE_ORDER if a in info.attributes] + [a for a in info.attributes if a not in ATTRIBUTE_ORDER]
+    return [f"ccc_{a}" for a in attrs] + ["ccc_mean"]
+
+
+def _common_utterances(data: dict[str, ScoreData], baseline: str, intersect: bool) -> np.ndarray:
+    sets = {name: set(d.utt_ids) for name, d in data.items()}
+    common = set.intersection(*sets.values())
+    if all(s == common for s in sets.values()):
+        return data[baseline].utt_ids
+    counts = ", ".join(f"'{name}': {len(s)}" for name, s in sets.items())
+    if not intersect:
+        raise CompareError(f"runs were evaluated on different utterances ({counts}; {len(common)} in common); "
+                           "compare runs on the same split of the same manifest, or pass --intersect to use the common ones")
+    if not common:
+        raise CompareError(f"runs share no scored utterance ({counts}); --intersect cannot help")
+    log.warning("comparing on the %d utterances common to all runs (%s)", len(common), counts)
+    base_ids = data[baseline].utt_ids
+    return base_ids[np.isin(base_ids, list(common))]
+
+
+def compare_runs(runs: list[str | Path], baseline: str | Path, *, split: str = "test", intersect: bool = False,
+                 n_boot: int = 1000, n_perm: int = 1000, seed: int = 0, by_speaker: bool = False,
+                 manifest: Optional[str | Path] = None) -> Comparison:
+    """Score every run (and the baseline) on one split and test each against the baseline."""
+    base_path = Path(baseline).resolve()
+    paths = [base_path] + [p for p in dict.fromkeys(Path(r).resolve() for r in runs) if p != base_path]
+    names = _names(paths)
+    base_name = names[0]
+    infos: dict[str, RunInfo] = {}
+    frames: dict[str, pd.DataFrame] = {}
+    sources: dict[str, str] = {}
+    for name, path in zip(names, paths):
+        rd = RunDir(path)
+        infos[name] = rd.require_complete()
+        frames[name] = rd.read_predictions(split)
+        sources[name] = str(rd.predictions_path(split))
+    base_info = infos[base_name]
+    for name, info in infos.items():
+        if info.task != base_info.task:
+            raise CompareError(f"run '{name}' is a {info.task} run but the baseline '{base_name}' is {base_info.task}; "
+                               "compare runs of one task")
+        if info.task == "categorical" and list(info.labels) != list(base_info.labels):
+            raise CompareError(f"run '{name}' has classes {info.labels} but the baseline '{base_name}' has {base_info.labels}")
+        if info.task == "attributes" and list(info.attributes) != list(base_info.attributes):
+            raise CompareError(f"run '{name}' predicts {info.attributes} but the baseline '{base_name}' predicts {base_info.attributes}")
+    data = {name: score_data(frames[name], infos[name], source=sources[name]) for name in names}
+    if any(d.n == 0 for d in data.values()):
+        empty = [name for name, d in data.items() if d.n == 0]
+        raise CompareError(f"runs {empty} have no utterance with known ground truth in split '{split}'; compare on a labelled split")
+    common = _common_utterances(data, base_name, intersect)
+    dropped = {name: int(d.n - len(common)) for name, d in data.items()}
+    data = {name: d.subset(common) for name, d in data.items()}
+    speakers = load_speakers(RunDir(base_path), manifest) if by_speaker else None
+
+    rows, metrics = [], {}
+    keep = set(common)
+    for name in names:
+        frame = frames[name][frames[name]["utt_id"].astype(str).isin(keep)]
+        metrics[name] = compute_metrics(frame, infos[name], source=sources[name])
+        ci = bootstrap_ci(data[name], n_boot=n_boot, seed=seed, speakers=speakers)
+        row: dict = {"run": name, "n": len(common)}
+        for k in headline_keys(base_info):
+            row[k], row[f"{k}_low"], row[f"{k}_high"] = ci[k]["value"], ci[k]["low"], ci[k]["high"]
+        if name != base_name:
+            test = paired_test(data[base_name], data[name], n_boot=n_boot, n_perm=n_perm, seed=seed, speakers=speakers)
+            for k in headline_keys(base_info):
+                row[f"delta_{k}"], row[f"p_{k}"] = test[k]["delta"], test[k]["p_value"]
+                row[f"delta_{k}_low"], row[f"delta_{k}_high"] = test[k]["low"], test[k]["high"]
+        rows.append(row)
+    primary = primary_key(base_info)
+    table = pd.DataFrame(rows).sort_values(primary, ascending=False, kind="stable").reset_index(drop=True)
+    table.insert(0, "rank", table[primary].rank(ascending=False, method="min").astype(int))
+    table.insert(2, "baseline", table["run"] == base_name)
+    if base_info.task == "categorical":
+        per_class = pd.DataFrame({name: metrics[name]["per_class_f1"] for name in table["run"]})
+        confusions = {name: metrics[name]["confusion_matrix"] for name in table["run"]}
+    else:
+        keys = [k for a in base_info.attributes for k in (f"ccc_{a}", f"pearson_{a}", f"mse_{a}", f"mse_{a}_low",
+                                                          f"mse_{a}_mid", f"mse_{a}_high")]
+        per_class = pd.DataFrame({name: {k: metrics[name].get(k, np.nan) for k in keys} for name in table["run"]})
+        confusions = {}
+    settings = {"n_boot": n_boot, "n_perm": n_perm, "seed": seed, "unit": "speaker" if by_speaker else "utterance",
+                "intersect": intersect, "runs": {name: str(p) for name, p in zip(names, paths)}}
+    return Comparison(split, base_info.task, base_name, len(common), table, per_class, _headline_columns(base_info),
+                      confusions, metrics, dropped, settings)
+
+
+def _cell(row: pd.Series, key: str) -> str:
+    return f"{row[key]:.4f} [{row[key + '_low']:.4f}, {row[key + '_high']:.4f}]"
+
+
+def _delta_cell(row: pd.Series, key: str) -> str:
+    if row["baseline"]:
+        return "baseline"
+    p = row[f"p_{key}"]
+    return f"{row[f'delta_{key}']:+.4f} (p={p:.3f})"
+
+
+def _display_table(comp: Comparison) -> pd.DataFrame:
+    """The leaderboard as strings: rank, run, each headline figure with its CI, difference to the baseline."""
+    deltas = ["macro_f1", "micro_f1"] if comp.task == "categorical" else ["ccc_mean"]
+    out = []
+    for _, row in comp.table.iterrows():
+        d = {"rank": str(row["rank"]), "run": row["run"]}
+        for k in comp.columns:
+            d[_label(k)] = _cell(row, k)
+        for k in deltas:
+            d[f"Δ {_label(k)} vs baseline"] = _delta_cell(row, k)
+        out.append(d)
+    return pd.DataFrame(out)
+
+
+def _label(key: str) -> str:
+    return {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "ccc_mean": "mean CCC"}.get(key, key.replace("ccc_", "CCC "))
+
+
+def _heading(title: str) -> str:
+    return title[:1].upper() + title[1:]
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(str(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(str(row[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _figures(comp: Comparison, stem: Path) -> dict[str, Path]:
+    """The comparison figures, written next to the report as <stem>_<name>.png."""
+    figs = {}
+    runs = list(comp.table["run"])
+    if comp.task == "categorical":
+        figs["per-class F1 bars"] = plots.plot_per_class_f1({r: comp.metrics[r]["per_class_f1"] for r in runs},
+                                                       stem.with_name(stem.name + "_per_class_f1.png"))
+        labels = comp.metrics[runs[0]]["labels"]
+        figs["confusion matrices (row-normalised)"] = plots.plot_confusion_grid(
+            comp.confusions, labels, stem.with_name(stem.name + "_confusions.png"))
+    else:
+        attrs = [k.removeprefix("ccc_") for k in comp.metrics[runs[0]] if k.startswith("ccc_") and k != "ccc_mean"]
+        figs["MSE by ground-truth range"] = plots.plot_mse_by_range({r: comp.metrics[r] for r in runs}, attrs,
+                                                                    stem.with_name(stem.name + "_mse_by_range.png"))
+    return figs
+
+
+def _notes(comp: Comparison) -> list[str]:
+    s = comp.settings
+    notes = [f"Split '{comp.split}', {comp.n} utterances scored by every run; baseline '{comp.baseline}'.",
+             f"Brackets: 95 % bootstrap intervals ({s['n_boot']} resamples of {s['unit']}s, seed {s['seed']}); "
+             f"Δ: difference to the baseline, p: two-sided paired permutation test ({s['n_perm']} permutations)."]
+    dropped = {k: v for k, v in comp.dropped.items() if v}
+    if dropped:
+        notes.append("Restricted to the common utterances (--intersect); dropped: "
+                     + ", ".join(f"'{k}' {v}" for k, v in dropped.items()) + ".")
+    return notes
+
+
+def _per_class_display(comp: Comparison) -> pd.DataFrame:
+    df = comp.per_class.map(lambda v: "n/a" if pd.isna(v) else f"{v:.4f}")
+    df.insert(0, "class" if comp.task == "categorical" else "figure", df.index)
+    return df.reset_index(drop=True)
+
+
+def to_markdown(comp: Comparison, path: Path) -> str:
+    """Markdown report; figures are written beside it and linked by relative path."""
+    figs = _figures(comp, path.with_suffix(""))
+    lines = [f"# Comparison on {comp.split}", "", *_notes(comp), "", _md_table(_display_table(comp)), "",
+             "## Per-class F1" if comp.task == "categorical" else "## Per-attribute figures", "",
+             _md_table(_per_class_display(comp)), ""]
+    for title, p in figs.items():
+        lines += [f"## {_heading(title)}", "", f"![{title}]({p.name})", ""]
+    return "\n".join(lines)
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in df.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def to_html(comp: Comparison, path: Path) -> str:
+    """One self-contained HTML page: tables plus figures embedded as base64 PNG (drawn in a temporary folder)."""
+    imgs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for title, p in _figures(comp, Path(tmp) / path.stem).items():
+            data = base64.b64encode(p.read_bytes()).decode("ascii")
+            imgs.append(f"<h2>{html.escape(_heading(title))}</h2>"
+                        f"<img alt=\"{html.escape(title)}\" src=\"data:image/png;base64,{data}\">")
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}img{max-width:100%}")
+    notes = "".join(f"<p>{html.escape(n)}</p>" for n in _notes(comp))
+    sub = "Per-class F1" if comp.task == "categorical" else "Per-attribute figures"
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Comparison on {html.escape(comp.split)}</title>"
+            f"<style>{style}</style></head><body><h1>Comparison on {html.escape(comp.split)}</h1>{notes}"
+            f"{_html_table(_display_table(comp))}<h2>{sub}</h2>{_html_table(_per_class_display(comp))}{''.join(imgs)}"
+            "</body></html>\n")
+
+
+def to_json(comp: Comparison) -> str:
+    """Machine-readable comparison: the numeric table, per-class figures, confusion matrices and settings."""
+    table = json.loads(comp.table.to_json(orient="records"))
+    return json.dumps({"split": comp.split, "task": comp.task, "baseline": comp.baseline, "n": comp.n,
+                       "table": table, "per_class": json.loads(comp.per_class.to_json()),
+                       "confusion_matrices": comp.confusions, "dropped": comp.dropped, "settings": comp.settings},
+                      indent=2)
+
+
+def write_comparison(comp: Comparison, path: str | Path, fmt: Optional[str] = None) -> Path:
+    """Write the comparison as md, html, csv (the numeric leaderboard) or json; fmt defaults to the file suffix."""
+    path = Path(path)
+    fmt = fmt or path.suffix.lstrip(".").lower() or "md"
+    if fmt not in FORMATS:
+        raise CompareError(f"report format '{fmt}' (from '{path.name}') is not one of {list(FORMATS)}; pass --format")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "md":
+        text = to_markdown(comp, path)
+    elif fmt == "html":
+        text = to_html(comp, path)
+    elif fmt == "csv":
+        text = comp.table.to_csv(index=False)
+    else:
+        text = to_json(comp)
+    atomic_write_text(path, text)
+    return path
