@@ -445,3 +445,11 @@ def test_small_dev_uses_member_weights_and_an_uninformative_member_does_not_hurt
     assert np.allclose(params["intercept"], 0) and np.count_nonzero(coef) == 8  # a diagonal weight per member
     y, pa = data["test"]
     assert res.metrics["test"]["macro_f1"] >= _macro(y, pa.argmax(1)) - 0.01
+
+
+def test_dev_folds_too_few_rows_per_class_is_a_clear_error():
+    from fusion_ser.fusion.combine import dev_folds
+
+    y = np.repeat(np.arange(4), 2)  # 8 dev rows, 2 per class: 3 stratified folds cannot be cut
+    with pytest.raises(FusionError, match=r"cannot cut dev into 3 cross-validation folds.*Lower --folds"):
+        dev_folds("categorical", y, None, 3, seed=0)

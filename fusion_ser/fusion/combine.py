@@ -456,7 +456,12 @@ def dev_folds(
         splitter = (StratifiedGroupKFold if grouped else StratifiedKFold)(n_folds, shuffle=True, random_state=seed)
     else:
         splitter = (GroupKFold if grouped else KFold)(n_folds, shuffle=True, random_state=seed)
-    split = splitter.split(np.zeros((len(known), 1)), yk, g if grouped else None)
+    try:
+        split = list(splitter.split(np.zeros((len(known), 1)), yk, g if grouped else None))
+    except ValueError as e:
+        counts = dict(zip(*np.unique(yk, return_counts=True))) if yk is not None else {}
+        raise FusionError(f"cannot cut dev into {n_folds} cross-validation folds ({e}); dev rows per class index: "
+                          f"{counts}. Lower --folds or use --method mean") from None
     return [(known[tr], known[te]) for tr, te in split], grouped
 
 
