@@ -1,0 +1,161 @@
+"""`fusion-ser train`: train an audio, text or fused model into a run directory (or all folds with --cv)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from fusion_ser.cli.common import handle_errors
+
+
+class ProgressPrinter:
+    """Renders the trainer's progress events as tqdm bars (one per epoch, one for the feature cache)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        kind = event["event"]
+        if kind == "fold":
+            self._close()
+            click.echo(f"== fold {event['fold']} of {event['folds']} ==")
+        elif kind == "start":
+            verb = "resuming" if event["resume"] else "training"
+            click.echo(f"{verb}: {event['n_train']} train, {event['n_dev']} dev, {event['n_test']} test utterances "
+                       f"({event['skipped']})")
+        elif kind == "cache_start":
+            self._close()
+            self.bar = tqdm(total=event["items"], desc=f"caching {event['modality']} features", unit="utt")
+        elif kind == "cache_step":
+            if self.bar is not None:
+                self.bar.update(event["n"])
+        elif kind == "epoch_start":
+            self._close()
+            self.bar = tqdm(total=event["steps"], desc=f"epoch {event['epoch']}/{event['epochs']}", unit="batch")
+        elif kind == "step":
+            if self.bar is not None:
+                self.bar.n = event["step"]
+                self.bar.set_postfix(loss=f"{event['loss']:.4f}", utt_s=f"{event['utt_per_s']:.1f}", refresh=False)
+                self.bar.refresh()
+        elif kind == "epoch_end":
+            if self.bar is not None:
+                self.bar.n = self.bar.total
+                self.bar.set_postfix(loss=f"{event['train_loss']:.4f}", utt_s=f"{event['utt_per_s']:.1f}",
+                                     **{f"dev_{event['metric']}": f"{event['dev']:.4f}"}, refresh=False)
+            self._close()
+            mark = " *" if event["best"] else ""
+            click.echo(f"epoch {event['epoch']}: train loss {event['train_loss']:.4f}, {event['utt_per_s']:.1f} utt/s, "
+                       f"dev {event['metric']} {event['dev']:.4f}{mark}")
+
+    def close(self) -> None:
+        """Close any open bar."""
+        self._close()
+
+
+def _headline(metrics: dict, task: str) -> str:
+    keys = ["macro_f1", "micro_f1", "uar"] if task == "categorical" else ["ccc_arousal", "ccc_valence", "ccc_dominance", "ccc_mean"]
+    return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float)))
+
+
+def _resume_config(out_dir: Path, overrides: list[str]) -> Any:
+    """The resolved config of an unfinished run dir (its `_run` provenance dropped), with overrides applied."""
+    import tempfile
+
+    import yaml
+
+    from fusion_ser.config import ConfigError, load_config
+
+    saved = out_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError("no config given: pass -c CONFIG.yaml (only an unfinished run dir can be resumed without one)")
+    values = yaml.safe_load(saved.read_text()) or {}
+    values.pop("_run", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        stripped = Path(tmp) / "config.yaml"
+        stripped.write_text(yaml.safe_dump(values, sort_keys=False))
+        return load_config(stripped, overrides)
+
+
+@click.command("train")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config (configs/*.yaml). Optional when resuming: the run's own config.yaml is used.")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+              help="Manifest CSV to train on (default: data.manifest of the config).")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Run directory to write; an unfinished one is resumed from its last checkpoint.")
+@click.option("--modality", type=click.Choice(["audio", "text", "both"]), default=None,
+              help="Override the config's modality.")
+@click.option("--fold", type=int, default=None, help="Train on fold K of the manifest's fold column (K test, K+1 dev).")
+@click.option("--cv", is_flag=True, default=False, help="Train every fold into OUT/fold_k and average (cv_metrics.json).")
+@click.argument("overrides", nargs=-1)
+@handle_errors
+def command(config_path: Optional[str], manifest: Optional[str], out_dir: str, modality: Optional[str],
+            fold: Optional[int], cv: bool, overrides: tuple[str, ...]) -> None:
+    """Train a model: fusion-ser train -c CFG --manifest M.csv -o RUN [key=value ...].
+
+    OVERRIDES are dotted config keys, e.g. train.epochs=5 optim.lr_head=0.001.
+    """
+    from fusion_ser.config import ConfigError, load_config
+    from fusion_ser.training import distributed as D
+    from fusion_ser.training.trainer import train_cv, train_run
+
+    extra = list(overrides)
+    if modality:
+        extra.append(f"modality={modality}")
+    if fold is not None:
+        if cv:
+            raise ConfigError("--fold and --cv exclude each other: --cv already trains every fold")
+        extra.append(f"data.fold={fold}")
+    if config_path is None:
+        cfg = _resume_config(Path(out_dir), extra)
+    else:
+        cfg = load_config(config_path, extra)
+    printer = ProgressPrinter()
+    dist = D.init_distributed()
+    try:
+        if cv:
+            summary = train_cv(cfg, manifest, out_dir, progress=printer)
+        else:
+            run = train_run(cfg, manifest, out_dir, progress=printer)
+    finally:
+        printer.close()
+        D.cleanup(dist)
+    if not dist.is_main:
+        return
+    if cv:
+        _cv_summary(summary, Path(out_dir), cfg.task)
+    else:
+        _summary(run)
+
+
+def _cv_summary(summary: dict, out_dir: Path, task: str) -> None:
+    """Mean ± std of the headline metrics over folds."""
+    click.echo(f"\n{summary['folds']}-fold cross-validation written to {out_dir / 'cv_metrics.json'}")
+    keys = ["macro_f1", "uar"] if task == "categorical" else ["ccc_mean"]
+    for split in ("dev", "test"):
+        if split in summary:
+            figs = ", ".join(f"{k} {summary[split][k]['mean']:.4f} ± {summary[split][k]['std']:.4f}"
+                             for k in keys if k in summary[split])
+            click.echo(f"  {split}: {figs}")
+
+
+def _summary(run: Any) -> None:
+    """Best epoch, dev/test headline metrics and where the run is."""
+    metrics = run.read_metrics()
+    info = run.read_info()
+    click.echo(f"\nrun written to {run.path}")
+    click.echo(f"  best epoch: {metrics.get('best_epoch')} (selected on dev {metrics.get('selection_metric')})")
+    for split in ("dev", "test"):
+        if split in metrics:
+            click.echo(f"  {split}: {_headline(metrics[split], info.task) or 'no labelled rows'}")
+    if info.extra.get("skipped_clips"):
+        click.echo(f"  {info.extra['skipped_clips']} unreadable clip(s) skipped: see {run.path / 'skipped_clips.json'}")

@@ -1,0 +1,139 @@
+"""Training objectives: (weighted) cross-entropy, focal loss, soft-label cross-entropy and 1-CCC for attributes.
+
+Every model of the project computes its loss through `Criterion`, built from the config by `build_criterion`, so
+audio, text and fusion models share one definition of each objective.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusion_ser.config import Config
+
+logger = logging.getLogger(__name__)
+
+
+def class_weights(labels: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
+    """w_c = N / (K * n_c) over the train labels (the Odyssey baseline's balancing); 0 for a class never seen."""
+    values = [str(x) for x in labels if str(x) in set(classes)]
+    n = len(values)
+    k = len(classes)
+    counts = np.array([sum(1 for v in values if v == c) for c in classes], dtype=np.float64)
+    weights = np.zeros(k, dtype=np.float64)
+    seen = counts > 0
+    weights[seen] = n / (k * counts[seen])
+    missing = [c for c, s in zip(classes, seen) if not s]
+    if missing:
+        logger.warning("classes with no training example get weight 0: %s", ", ".join(missing))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, weight: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Focal loss (Lin et al.) averaged like weighted cross-entropy; gamma=0 gives exactly cross-entropy. -1 targets are ignored."""
+    valid = target >= 0
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    logits, target = logits[valid].float(), target[valid]
+    logp = F.log_softmax(logits, dim=-1).gather(1, target[:, None]).squeeze(1)
+    modulation = (1.0 - logp.exp()).clamp(min=0.0) ** gamma
+    w = weight.to(logits.device)[target] if weight is not None else torch.ones_like(logp)
+    return -(w * modulation * logp).sum() / w.sum().clamp(min=1e-12)
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, soft_target: torch.Tensor, weight: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Cross-entropy against annotator distributions (rows renormalised); rows with no distribution are ignored.
+
+    With class weights a row's weight is the target-weighted mean of the class weights, so a one-hot row is weighted
+    exactly as in weighted cross-entropy.
+    """
+    soft_target = soft_target.float()
+    mass = soft_target.sum(dim=-1)
+    valid = torch.isfinite(mass) & (mass > 0)
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    q = soft_target[valid] / mass[valid, None]
+    logp = F.log_softmax(logits[valid].float(), dim=-1)
+    row_loss = -(q * logp).sum(dim=-1)
+    w = (q * weight.to(q.device)[None, :]).sum(dim=-1) if weight is not None else torch.ones_like(row_loss)
+    return (w * row_loss).sum() / w.sum().clamp(min=1e-12)
+
+
+def ccc_torch(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Lin's concordance correlation coefficient of two 1-d tensors (population moments), differentiable."""
+    pred, target = pred.float(), target.float()
+    mp, mt = pred.mean(), target.mean()
+    vp = ((pred - mp) ** 2).mean()
+    vt = ((target - mt) ** 2).mean()
+    cov = ((pred - mp) * (target - mt)).mean()
+    return 2.0 * cov / (vp + vt + (mp - mt) ** 2).clamp(min=1e-8)
+
+
+def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over attributes (columns) of 1 - CCC; rows with a NaN target are left out of that attribute's CCC."""
+    total = pred.new_zeros((), dtype=torch.float32)
+    for a in range(pred.shape[1]):
+        ok = torch.isfinite(target[:, a])
+        if int(ok.sum()) < 2:
+            continue
+        total = total + (1.0 - ccc_torch(pred[ok, a], target[ok, a]))
+    return total
+
+
+class Criterion(nn.Module):
+    """The loss of a model output against the batch targets, as the config asks; class weights live in a buffer."""
+
+    def __init__(self, task: str, loss_type: str, num_classes: int, focal_gamma: float = 2.0, label_smoothing: float = 0.0):
+        super().__init__()
+        self.task = task
+        self.loss_type = loss_type
+        self.focal_gamma = focal_gamma
+        self.label_smoothing = label_smoothing
+        self.register_buffer("class_weights", torch.ones(max(num_classes, 1)))
+
+    def set_class_weights(self, weights: torch.Tensor) -> None:
+        """Install w_c computed from the train split (used by weighted_ce, focal and soft_ce)."""
+        self.class_weights.copy_(weights.to(self.class_weights))
+
+    def has_targets(self, batch: dict[str, Any]) -> bool:
+        """True when the batch carries targets this criterion can use."""
+        if self.task == "attributes":
+            t = batch.get("attributes")
+            return t is not None and bool(torch.isfinite(t).any())
+        if self.loss_type == "soft_ce" and batch.get("soft_label") is not None:
+            return bool((batch["soft_label"].sum(-1) > 0).any())
+        t = batch.get("label")
+        return t is not None and bool((t >= 0).any())
+
+    def forward(self, output: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Loss of logits (categorical) or attribute values against the batch's targets.
+
+        CCC is invariant to one affine map applied to both sides, so attributes may be compared on the manifest scale.
+        """
+        if self.task == "attributes":
+            return ccc_loss(output, batch["attributes"].to(output.device))
+        weight = self.class_weights if self.loss_type in ("weighted_ce", "focal", "soft_ce") else None
+        if self.loss_type == "soft_ce" and batch.get("soft_label") is not None:
+            return soft_cross_entropy(output, batch["soft_label"], weight)
+        target = batch["label"]
+        if self.loss_type == "focal":
+            return focal_loss(output, target, self.focal_gamma, weight)
+        if not bool((target >= 0).any()):
+            return output.sum() * 0.0
+        return F.cross_entropy(
+            output.float(), target, weight=weight, ignore_index=-1, label_smoothing=self.label_smoothing
+        )
+
+
+def build_criterion(cfg: Config, num_classes: int) -> Criterion:
+    """The criterion of cfg.task / cfg.loss (attributes always use 1-CCC summed over attributes)."""
+    return Criterion(cfg.task, cfg.loss.type, num_classes, cfg.loss.focal_gamma, cfg.loss.label_smoothing)

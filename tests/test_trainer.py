@@ -1,0 +1,376 @@
+"""The one trainer on tiny random WavLM / wav2vec2 / HuBERT models saved to temp dirs and a generated corpus.
+
+Classes differ acoustically (sine pitch), so a trained model must beat chance by far; a run interrupted after an
+epoch and resumed ends with exactly the metrics of an uninterrupted run; a saved run reloads and predicts the same;
+the attributes task writes <attr>_pred columns on the manifest scale; bad input gives clear errors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from fusion_ser.config import load_config
+from fusion_ser.rundir import RunDir
+
+SR = 16000
+CLASSES = {"anger": 250.0, "happiness": 800.0, "sadness": 2200.0}
+AROUSAL = {"anger": 6.0, "happiness": 5.0, "sadness": 2.0}
+
+
+PHRASES = {"anger": ["this makes me furious", "i am so angry now", "stop it, i hate this"],
+           "happiness": ["what a wonderful day", "i am so happy", "this is great news"],
+           "sadness": ["i feel so sad", "everything is lost", "i miss them so much"]}
+
+
+def make_corpus(root: Path, n_speakers: int = 6, per_class: int = 4, seed: int = 0, folds: bool = False) -> Path:
+    """Sine clips whose pitch gives the class (speaker 0-3 train, 4 dev, 5 test); arousal and text follow the class."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for spk in range(n_speakers):
+        shift = 1.0 + 0.04 * (spk - n_speakers / 2)
+        for label, f0 in CLASSES.items():
+            for j in range(per_class):
+                seconds = rng.uniform(0.4, 1.1)
+                t = np.arange(int(seconds * SR)) / SR
+                f = f0 * shift * (1 + 0.03 * rng.standard_normal())
+                x = 0.4 * np.sin(2 * np.pi * f * t) + 0.03 * rng.standard_normal(len(t))
+                name = f"spk{spk}_{label}_{j}.wav"
+                sf.write(root / name, x.astype(np.float32), SR)
+                split = "train" if spk < n_speakers - 2 else ("dev" if spk == n_speakers - 2 else "test")
+                row = {"utt_id": name[:-4], "path": name, "split": split, "speaker": f"spk{spk}", "gender": "",
+                       "label": label, "arousal": AROUSAL[label] + rng.normal(0, 0.3),
+                       "valence": float(rng.uniform(1, 7)), "dominance": "",
+                       "text": PHRASES[label][(j + spk) % 3]}
+                if folds:
+                    row["fold"] = spk % 3
+                rows.append(row)
+    path = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def save_tiny_ssl(kind: str, directory: Path) -> str:
+    """A random 2-layer, hidden-32 SSL model of `kind` saved with save_pretrained (+ its feature extractor)."""
+    from transformers import (HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model,
+                              WavLMConfig, WavLMModel)
+
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  conv_dim=(32, 32, 32), conv_kernel=(10, 8, 8), conv_stride=(5, 8, 8), num_conv_pos_embeddings=16,
+                  num_conv_pos_embedding_groups=4, mask_time_prob=0.0, layerdrop=0.0)
+    torch.manual_seed(0)
+    if kind == "wavlm":
+        model = WavLMModel(WavLMConfig(**common, num_buckets=32, max_bucket_distance=64))
+    elif kind == "wav2vec2":
+        model = Wav2Vec2Model(Wav2Vec2Config(**common))
+    else:
+        model = HubertModel(HubertConfig(**common))
+    model.save_pretrained(directory)
+    norm_layer = getattr(model.config, "feat_extract_norm", "group") == "layer"
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SR, do_normalize=True,
+                             return_attention_mask=norm_layer).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    return make_corpus(tmp_path_factory.mktemp("trainer_corpus"))
+
+
+@pytest.fixture(scope="session")
+def ssl_models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("tiny_ssl")
+    return {k: save_tiny_ssl(k, root / k) for k in ("wavlm", "wav2vec2", "hubert")}
+
+
+def tiny_cfg(model_dir: str, *extra: str, cache_dir: Path | None = None):
+    """A fine-tuned tiny SSL encoder with a small head; lrs high enough to learn in a few epochs."""
+    overrides = ["audio_encoder.type=hf", f"audio_encoder.name_or_path={model_dir}", "audio_encoder.finetune=full",
+                 "pooling.type=attentive_stats", "pooling.attention_dim=16", "head.hidden_dim=32", "head.dropout=0.1",
+                 "train.epochs=4", "train.batch_size=8", "optim.lr_encoder=0.001", "optim.lr_head=0.003",
+                 "optim.warmup_ratio=0.1", "train.cache_features=false", "train.report=false"]
+    if cache_dir is not None:
+        overrides.append(f"train.cache_dir={cache_dir}")
+    return load_config(None, overrides + list(extra))
+
+
+@pytest.fixture(scope="session")
+def wavlm_run(corpus, ssl_models, tmp_path_factory) -> Path:
+    from fusion_ser.training.trainer import train_run
+
+    out = tmp_path_factory.mktemp("runs") / "wavlm"
+    train_run(tiny_cfg(ssl_models["wavlm"], "train.report=true"), corpus, out)
+    return out
+
+
+def test_wavlm_learns_far_above_chance_and_writes_run_dir(wavlm_run: Path) -> None:
+    run = RunDir(wavlm_run)
+    info = run.require_complete()
+    assert info.labels == sorted(CLASSES) and info.task == "categorical" and info.kind == "model"
+    metrics = run.read_metrics()
+    assert metrics["dev"]["macro_f1"] >= 0.75, metrics["dev"]  # chance is 1/3
+    # metrics.json agrees with an independent sklearn computation on the written predictions
+    from sklearn.metrics import f1_score
+
+    dev = run.read_predictions("dev")
+    assert list(dev.columns) == ["utt_id", "label", "pred", "prob_anger", "prob_happiness", "prob_sadness"]
+    np.testing.assert_allclose(dev[[c for c in dev if c.startswith("prob_")]].sum(axis=1), 1.0, atol=1e-5)
+    assert metrics["dev"]["macro_f1"] == pytest.approx(f1_score(dev["label"], dev["pred"], average="macro"))
+    assert len(run.read_predictions("test")) == 12
+    log = pd.read_csv(run.train_log_path)
+    assert list(log["epoch"]) == [1, 2, 3, 4]
+    assert log["dev_macro_f1"].max() == pytest.approx(metrics["dev"]["macro_f1"], abs=1e-9)
+    assert int(log.loc[log["dev_macro_f1"].idxmax(), "epoch"]) == metrics["best_epoch"]
+    assert not run.checkpoint_dir.exists()
+    assert "macro" in (run.path / "report.md").read_text().lower()
+    saved = (run.path / "config.yaml").read_text()
+    assert "manifest_sha256" in saved
+
+
+@pytest.mark.parametrize("kind", ["wav2vec2", "hubert"])
+def test_other_ssl_models_learn(kind, corpus, ssl_models, tmp_path) -> None:
+    from fusion_ser.training.trainer import train_run
+
+    run = train_run(tiny_cfg(ssl_models[kind], "train.epochs=3"), corpus, tmp_path / kind)
+    assert run.read_metrics()["dev"]["macro_f1"] >= 0.6
+
+
+def test_saved_run_reloads_and_predicts_identically(wavlm_run: Path, corpus: Path) -> None:
+    from fusion_ser.data.manifest import read_manifest
+    from fusion_ser.models import load_model
+    from fusion_ser.training.trainer import predict_frame
+
+    model, cfg, labels = load_model(wavlm_run / "model")
+    assert labels == sorted(CLASSES)
+    df = read_manifest(corpus)
+    test = df[df["split"] == "test"]
+    fresh = predict_frame(model, test, cfg)
+    written = RunDir(wavlm_run).read_predictions("test")
+    assert list(fresh["utt_id"]) == list(test["utt_id"]) == list(written["utt_id"])
+    assert list(fresh["pred"]) == list(written["pred"])
+    probs = [c for c in written.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(fresh[probs].to_numpy(), written[probs].to_numpy(), atol=1e-6)
+
+
+def test_resume_after_interruption_gives_identical_metrics(corpus, ssl_models, tmp_path) -> None:
+    from fusion_ser.training.trainer import Trainer, train_run
+
+    class Interrupted(Exception):
+        pass
+
+    class StopAfterTwo(Trainer):
+        def on_epoch_end(self, epoch, row):
+            if epoch == 2:
+                raise Interrupted()
+
+    cfg = tiny_cfg(ssl_models["wavlm"], "head.dropout=0.3", "train.grad_accum=2", "optim.schedule=cosine")
+    full = train_run(cfg, corpus, tmp_path / "full")
+    with pytest.raises(Interrupted):
+        train_run(cfg, corpus, tmp_path / "resumed", trainer_cls=StopAfterTwo)
+    partial = RunDir(tmp_path / "resumed")
+    assert not partial.is_complete() and (partial.checkpoint_dir / "last.pt").is_file()
+    assert len(pd.read_csv(partial.train_log_path)) == 2
+    resumed = train_run(cfg, corpus, tmp_path / "resumed")
+    a, b = full.read_metrics(), resumed.read_metrics()
+    assert a == b
+    log_full, log_resumed = pd.read_csv(full.train_log_path), pd.read_csv(resumed.train_log_path)
+    timing = [c for c in log_full.columns if c.endswith(("seconds", "utt_per_s"))]
+    pd.testing.assert_frame_equal(log_full.drop(columns=timing), log_resumed.drop(columns=timing))
+    pd.testing.assert_frame_equal(full.read_predictions("test"), resumed.read_predictions("test"))
+
+
+def test_resume_refuses_a_different_config(corpus, ssl_models, tmp_path) -> None:
+    from fusion_ser.training.trainer import Trainer, TrainError, train_run
+
+    class StopAtOne(Trainer):
+        def on_epoch_end(self, epoch, row):
+            raise KeyboardInterrupt
+
+    cfg = tiny_cfg(ssl_models["wavlm"], "train.epochs=2")
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, corpus, tmp_path / "r", trainer_cls=StopAtOne)
+    with pytest.raises(TrainError, match="optim.lr_head"):
+        train_run(tiny_cfg(ssl_models["wavlm"], "train.epochs=2", "optim.lr_head=0.01"), corpus, tmp_path / "r")
+
+
+def test_attributes_task_trains_and_writes_pred_columns(corpus, ssl_models, tmp_path) -> None:
+    from fusion_ser.evaluation.metrics import ccc
+    from fusion_ser.training.trainer import train_run
+
+    cfg = tiny_cfg(ssl_models["wavlm"], "task=attributes", "data.attributes=[arousal, valence]",
+                   "head.per_attribute=true", "train.epochs=4")
+    run = train_run(cfg, corpus, tmp_path / "attr")
+    info = run.require_complete()
+    assert info.attributes == ["arousal", "valence"] and info.labels == []
+    pred = run.read_predictions("dev")
+    assert list(pred.columns) == ["utt_id", "arousal", "valence", "arousal_pred", "valence_pred"]
+    metrics = run.read_metrics()["dev"]
+    assert metrics["ccc_arousal"] == pytest.approx(ccc(pred["arousal"], pred["arousal_pred"]), abs=1e-6)
+    # arousal is a function of the class (pitch): it is learnable; predictions live on the 1-7 manifest scale
+    assert metrics["ccc_arousal"] > 0.5
+    assert abs(pred["arousal_pred"].mean() - pred["arousal"].mean()) < 1.0 and pred["arousal_pred"].std() > 0.3
+
+
+def test_frozen_encoder_trains_from_feature_cache(corpus, ssl_models, tmp_path) -> None:
+    from fusion_ser.training.trainer import train_run
+
+    cache = tmp_path / "cache"
+    cfg = tiny_cfg(ssl_models["wavlm"], "audio_encoder.finetune=frozen", "train.cache_features=true",
+                   "optim.lr_head=0.01", "train.epochs=4", cache_dir=cache)
+    run = train_run(cfg, corpus, tmp_path / "frozen")
+    assert len(list(cache.rglob("*.fsc"))) == 72
+    assert run.read_metrics()["dev"]["macro_f1"] >= 0.6
+
+
+def test_corrupt_clip_is_skipped_with_a_count(corpus, ssl_models, tmp_path) -> None:
+    import shutil
+
+    from fusion_ser.training.trainer import train_run
+
+    root = tmp_path / "c"
+    shutil.copytree(corpus.parent, root)
+    df = pd.read_csv(root / "manifest.csv")
+    bad = df.index[df["split"] == "train"][:2]
+    (root / df.loc[bad[0], "path"]).write_bytes(b"not audio at all")
+    (root / df.loc[bad[1], "path"]).unlink()
+    run = train_run(tiny_cfg(ssl_models["wavlm"], "train.epochs=1"), root / "manifest.csv", tmp_path / "run")
+    info = run.require_complete()
+    assert info.extra["skipped_clips"] == 2 and info.extra["n_train"] == 46
+    skipped = json.loads((run.path / "skipped_clips.json").read_text())
+    assert set(skipped) == set(df.loc[bad, "utt_id"])
+    assert "unreadable" in " ".join(skipped.values())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A random BERT (hidden 32, 2 layers) with the packaged MiniLM tokenizer, saved with save_pretrained."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from fusion_ser.encoders.text import default_text_model
+
+    tok = AutoTokenizer.from_pretrained(default_text_model())
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_bert")
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+def test_text_modality_trains_with_lora_and_reloads(corpus, tiny_bert, tmp_path) -> None:
+    from fusion_ser.data.manifest import read_manifest
+    from fusion_ser.models import load_model
+    from fusion_ser.training.trainer import predict_frame, train_run
+
+    cfg = load_config(None, ["modality=text", f"text_encoder.name_or_path={tiny_bert}", "text_encoder.finetune=lora",
+                             "text_encoder.lora.r=4", "text_encoder.max_length=16", "head.hidden_dim=32",
+                             "head.dropout=0.1", "train.epochs=6", "train.batch_size=8", "optim.lr_encoder=0.005",
+                             "optim.lr_head=0.005", "train.cache_features=false", "train.report=false"])
+    run = train_run(cfg, corpus, tmp_path / "text")
+    assert run.read_info().modality == "text"
+    assert run.read_metrics()["dev"]["macro_f1"] >= 0.6  # the phrases name the class
+    model, cfg2, _ = load_model(run.model_dir)
+    df = read_manifest(corpus)
+    fresh = predict_frame(model, df[df["split"] == "dev"], cfg2)
+    written = run.read_predictions("dev")
+    probs = [c for c in written.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(fresh[probs].to_numpy(), written[probs].to_numpy(), atol=1e-6)
+
+
+def test_errors_name_what_is_missing(corpus, ssl_models, tmp_path) -> None:
+    from fusion_ser.training.trainer import TrainError, train_run
+
+    df = pd.read_csv(corpus)
+    no_dev = tmp_path / "no_dev.csv"
+    df[df["split"] != "dev"].assign(path=lambda d: [str(corpus.parent / p) for p in d["path"]]).to_csv(no_dev, index=False)
+    with pytest.raises(TrainError, match="no dev rows labelled"):
+        train_run(tiny_cfg(ssl_models["wavlm"]), no_dev, tmp_path / "a")
+    no_text = tmp_path / "no_text.csv"
+    df.assign(path=lambda d: [str(corpus.parent / p) for p in d["path"]],
+              text=lambda d: np.where(d.index % 9 == 0, "", d["text"])).to_csv(no_text, index=False)
+    with pytest.raises(TrainError, match=r"8 row\(s\) have no text \(train: 6, dev: 1, test: 1.*fusion-ser transcribe"):
+        train_run(tiny_cfg(ssl_models["wavlm"], "modality=text"), no_text, tmp_path / "b")
+    from fusion_ser.cli.main import main
+
+    result = CliRunner().invoke(main, ["train", "-c", str(tmp_path / "missing.yaml"), "--manifest", str(corpus),
+                                       "-o", str(tmp_path / "c")])
+    assert result.exit_code == 1 and "Error:" in result.output and "missing.yaml" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_cv_trains_every_fold_and_averages(ssl_models, tmp_path) -> None:
+    from fusion_ser.cli.main import main
+
+    manifest = make_corpus(tmp_path / "folds", n_speakers=6, per_class=2, folds=True)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("seed: 3\naudio_encoder: {type: hf, finetune: frozen, name_or_path: %s}\n"
+                   "head: {hidden_dim: 16}\ntrain: {epochs: 1, batch_size: 8, report: false, cache_dir: %s}\n"
+                   % (ssl_models["wavlm"], tmp_path / "cache"))
+    result = CliRunner().invoke(main, ["train", "-c", str(cfg), "--manifest", str(manifest), "-o", str(tmp_path / "cv"),
+                                       "--cv"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())
+    assert summary["folds"] == 3
+    f1s = [m["test"]["macro_f1"] for m in summary["per_fold"]]
+    assert summary["test"]["macro_f1"]["mean"] == pytest.approx(np.mean(f1s))
+    assert summary["test"]["macro_f1"]["std"] == pytest.approx(np.std(f1s))
+    for k in range(3):
+        pred = RunDir(tmp_path / "cv" / f"fold_{k}").read_predictions("test")
+        assert set(pred["utt_id"].str.split("_").str[0]) == {f"spk{s}" for s in range(6) if s % 3 == k}
+    assert "3-fold cross-validation" in result.output
+
+
+def test_standardize_frames_uses_train_set_statistics(corpus, ssl_models, tmp_path) -> None:
+    from fusion_ser.data.manifest import read_manifest
+    from fusion_ser.models import load_model
+    from fusion_ser.training.cache import FeatureCache
+    from fusion_ser.training.trainer import feature_caches, predict_frame, train_run
+
+    cache_dir = tmp_path / "cache"
+    cfg = tiny_cfg(ssl_models["wavlm"], "audio_encoder.finetune=frozen", "audio_encoder.layer_weighting=false",
+                   "train.cache_features=true", "head.standardize_frames=true", "head.standardize_pooled=true",
+                   "train.epochs=1", cache_dir=cache_dir)
+    run = train_run(cfg, corpus, tmp_path / "std")
+    model, _, _ = load_model(run.model_dir)
+    # the pooled-vector standardiser's running statistics are saved with the model and used at prediction time
+    assert float(model.pooled_norm.running_var.sub(1).abs().max()) > 1e-3
+    fresh = predict_frame(model, read_manifest(corpus).query("split == 'dev'"), cfg, cached=feature_caches(model, cfg))
+    probs = [c for c in fresh.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(fresh[probs].to_numpy(), run.read_predictions("dev")[probs].to_numpy(), atol=1e-6)
+    df = read_manifest(corpus)
+    cache = FeatureCache(cache_dir, max_seconds=cfg.data.max_eval_seconds)
+    frames = np.concatenate([cache.get(model.encoder, {"utt_id": r.utt_id, "path": r.path}).float().numpy()
+                             for r in df[df["split"] == "train"].itertuples()])
+    np.testing.assert_allclose(model.frame_norm.mean.numpy(), frames.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.frame_norm.std.numpy(), frames.std(axis=0), rtol=1e-3, atol=1e-5)
+    from fusion_ser.config import ConfigError
+
+    with pytest.raises(ConfigError, match="standardize_frames needs a frozen encoder"):
+        train_run(tiny_cfg(ssl_models["wavlm"], "head.standardize_frames=true"), corpus, tmp_path / "bad")
+
+
+def test_soft_labels_keep_no_agreement_rows_only_when_asked(corpus, ssl_models, tmp_path) -> None:
+    from fusion_ser.training.trainer import train_run
+
+    df = pd.read_csv(corpus)
+    df["path"] = [str(corpus.parent / p) for p in df["path"]]
+    for c in CLASSES:
+        df[f"p_{c}"] = np.where(df["label"] == c, 0.8, 0.1)
+    df.loc[df.index[df["split"] == "train"][:4], "label"] = "no_agreement"
+    soft = tmp_path / "soft.csv"
+    df.to_csv(soft, index=False)
+    base = ["loss.type=soft_ce", "train.epochs=1", "audio_encoder.finetune=frozen"]
+    kept = train_run(tiny_cfg(ssl_models["wavlm"], *base, "data.keep_no_agreement=true"), soft, tmp_path / "kept")
+    dropped = train_run(tiny_cfg(ssl_models["wavlm"], *base), soft, tmp_path / "dropped")
+    assert kept.read_info().extra["n_train"] == 48 and dropped.read_info().extra["n_train"] == 44
+    assert kept.read_info().labels == sorted(CLASSES)  # no_agreement is never a class
+    assert np.isfinite(pd.read_csv(kept.train_log_path)["train_loss"]).all()
