@@ -271,3 +271,15 @@ def test_fbank_log_mel_matches_numpy_and_encoder_is_padding_invariant(tmp_path: 
     assert all(p.grad is not None for p in enc.parameters()) and enc.cache_id() is None
     enc.save_pretrained(tmp_path / "fb")
     torch.testing.assert_close(load_encoder(tmp_path / "fb")(batch).features, enc(batch).features)
+
+
+def test_layer_weighting_survives_layerdrop_in_training(tmp_path) -> None:
+    """wavlm-large ships layerdrop 0.1; skipped layers would drop hidden states from the weighted sum."""
+    from transformers import WavLMConfig, WavLMModel
+
+    torch.manual_seed(0)
+    WavLMModel(WavLMConfig(feat_extract_norm="layer", layerdrop=0.99, **TINY)).save_pretrained(tmp_path)
+    enc = hf(str(tmp_path), finetune="full", layer_weighting=True).train()
+    out = enc(tone_batch([8000, 5000]))
+    assert out.features.shape == (2, conv_frames(8000), 32)
+    assert enc.backbone.config.layerdrop == 0.0

@@ -83,6 +83,10 @@ class HFAudioEncoder(AudioEncoder):
         self.num_layers = int(mcfg.num_hidden_layers)
         self._dim = int(mcfg.hidden_size)
         self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1)) if cfg.layer_weighting else None
+        if cfg.layer_weighting and getattr(mcfg, "layerdrop", 0.0):
+            # LayerDrop skips layers in training, which drops their hidden states and breaks the weighted sum.
+            log.info("layer weighting: turning off LayerDrop (%.2f) of %s", mcfg.layerdrop, cfg.name_or_path)
+            mcfg.layerdrop = 0.0
         self._set_trainable(cfg)
         if cfg.gradient_checkpointing and cfg.finetune != "frozen":
             enable = getattr(self.backbone, "activation_checkpointing_enable", None)
