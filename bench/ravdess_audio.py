@@ -1,29 +1,51 @@
-"""4-fold speaker-independent macro-F1 on RAVDESS with the offline default audio model, and the wall time.
+"""4-fold speaker-independent macro-F1 on RAVDESS with the offline default audio model, its variants, and wall times.
 
 Folds: actors sorted by name and dealt round-robin (Actor_01 -> fold 0, Actor_02 -> fold 1, ...); fold k is
-test, fold k+1 dev, the rest train. References on exactly these folds: openSMILE eGeMAPSv02 + class-balanced
-linear SVM 0.503 macro-F1; frozen Whisper tiny.en mean+std + standardised class-balanced LR 0.684.
+test, fold k+1 dev, the rest train. Printed, all on the same folds and the same feature cache:
+  - the trained model (configs/audio_whisper_tiny.yaml) with and without speed perturbation (data.speed_perturb)
+    and with and without the refit on train+dev (train.refit_on_dev);
+  - the plain recipe (frozen Whisper tiny.en, mean+std over frames, standardised, class-balanced logistic
+    regression), fit on train only (12 actors) and on train+dev (18 actors, how the 0.684 reference was fit);
+  - the quoted references: openSMILE eGeMAPSv02 + linear SVM 0.503, plain recipe 0.684.
 
-    python bench/ravdess_audio.py [--data /work/shared/data/ravdess] [--out /tmp/ravdess_bench] [key=value ...]
+    python bench/ravdess_audio.py [--data /work/shared/data/ravdess] [--out /tmp/ravdess_bench] [--keep]
+                                  [--variants base,speed,refit,speed_refit] [key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, recall_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from fusion_ser.config import load_config
-from fusion_ser.data.manifest import write_manifest
+from fusion_ser.config import Config, load_config
+from fusion_ser.data.audio import audio_duration
+from fusion_ser.data.folds import apply_fold
+from fusion_ser.data.manifest import read_manifest, write_manifest
+from fusion_ser.encoders.audio import build_audio_encoder
 from fusion_ser.rundir import RunDir
+from fusion_ser.training.cache import FeatureCache
 from fusion_ser.training.trainer import train_cv
 
-REFERENCES = {"openSMILE eGeMAPSv02 + linear SVM": 0.503, "plain recipe (Whisper tiny.en mean+std + LR)": 0.684}
+REFERENCES = {"openSMILE eGeMAPSv02 + linear SVM (quoted)": 0.503,
+              "plain recipe, Whisper tiny.en mean+std + LR (quoted)": 0.684}
+SPEEDS = "[0.9, 1.0, 1.1]"
+VARIANTS = {
+    "base": ("trained, no speed perturbation, no refit", ["data.speed_perturb=[]", "train.refit_on_dev=false"]),
+    "speed": ("trained + speed perturbation 0.9/1.0/1.1", [f"data.speed_perturb={SPEEDS}", "train.refit_on_dev=false"]),
+    "refit": ("trained + refit on train+dev", ["data.speed_perturb=[]", "train.refit_on_dev=true"]),
+    "speed_refit": ("trained + speed perturbation + refit",
+                    [f"data.speed_perturb={SPEEDS}", "train.refit_on_dev=true"]),
+}
 
 
 def ravdess_manifest(data: Path, out: Path, n_folds: int = 4) -> Path:
@@ -46,37 +68,142 @@ def ravdess_manifest(data: Path, out: Path, n_folds: int = 4) -> Path:
     return path
 
 
+def fill_cache(cfg: Config, df: pd.DataFrame, speeds: list[float]) -> tuple[FeatureCache, object, float, int]:
+    """Plain frames of every clip and speed-perturbed copies of every clip (each is a train clip in some fold)."""
+    encoder = build_audio_encoder(cfg.audio_encoder)
+    cache = FeatureCache(cfg.train.cache_dir, sample_rate=cfg.data.sample_rate, min_seconds=cfg.data.min_seconds,
+                         max_seconds=cfg.data.max_eval_seconds)
+    items = [{"utt_id": r.utt_id, "path": r.path} for r in df.itertuples()]
+    items += [dict(it, speed=s) for s in speeds if s != 1.0 for it in items[: len(df)]]
+    start = time.perf_counter()
+    report = cache.ensure(encoder, items)
+    return cache, encoder, time.perf_counter() - start, report.computed
+
+
+def plain_recipe(df: pd.DataFrame, feats: np.ndarray, n_folds: int, seed: int) -> dict[str, list[float]]:
+    """Standardised mean+std vectors + class-balanced LR, fit on train only and on train+dev, scored on test."""
+    out: dict[str, list[float]] = {"train": [], "train+dev": []}
+    for k in range(n_folds):
+        split = apply_fold(df, k)["split"].to_numpy()
+        test = split == "test"
+        for name, fit_rows in (("train", split == "train"), ("train+dev", split != "test")):
+            clf = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000,
+                                                                     random_state=seed))
+            clf.fit(feats[fit_rows], df["label"].to_numpy()[fit_rows])
+            out[name].append(f1_score(df["label"].to_numpy()[test], clf.predict(feats[test]), average="macro"))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="/work/shared/data/ravdess")
     ap.add_argument("--out", default="/tmp/ravdess_bench")
     ap.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "audio_whisper_tiny.yaml"))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
+    ap.add_argument("--keep", action="store_true",
+                    help="reuse finished (and resume unfinished) folds of earlier runs; wall times add up over runs")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds of the config's own variant (the others: seed "
+                    "0); more than one adds the mean ensemble of their posteriors (`fusion-ser ensemble --method mean`)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = ravdess_manifest(Path(args.data), out)
     cfg = load_config(args.config, [f"train.cache_dir={out / 'cache'}", *args.overrides])
-    runs = out / "runs"
-    start = time.perf_counter()
-    summary = train_cv(cfg, manifest, runs)
-    wall = time.perf_counter() - start
+    df = read_manifest(manifest)
+    n_folds = int(df["fold"].max()) + 1
+    print(f"config: {args.config} {' '.join(args.overrides)}  (its own data.speed_perturb={cfg.data.speed_perturb}, "
+          f"train.refit_on_dev={cfg.train.refit_on_dev})")
 
-    print(f"config: {args.config} {' '.join(args.overrides)}")
-    per_fold = [m["test"]["macro_f1"] for m in summary["per_fold"]]
-    preds = pd.concat([RunDir(runs / f"fold_{k}").read_predictions("test") for k in range(summary["folds"])])
-    for k, m in enumerate(summary["per_fold"]):
-        print(f"fold {k}: test macro-F1 {m['test']['macro_f1']:.3f}  UAR {m['test']['uar']:.3f}  "
-              f"dev macro-F1 {m['dev']['macro_f1']:.3f}  best epoch {m['best_epoch']}")
-    print(f"mean test macro-F1 over folds: {np.mean(per_fold):.3f} ± {np.std(per_fold):.3f}")
-    print(f"mean test UAR over folds:      {summary['test']['uar']['mean']:.3f}")
-    print(f"pooled test macro-F1 (1440):   {f1_score(preds['label'], preds['pred'], average='macro'):.3f}  "
-          f"UAR {recall_score(preds['label'], preds['pred'], average='macro'):.3f}")
+    cache, encoder, cache_s, computed = fill_cache(cfg, df, [0.9, 1.0, 1.1])
+    audio_min = float(sum(audio_duration(p) for p in df["path"])) / 60
+    print(f"feature cache: {computed} entries computed in {cache_s:.0f} s ({len(df)} clips, {audio_min:.1f} min of "
+          "audio, plain + speed 0.9/1.1 copies; 0 computed = already cached)")
+
+    start = time.perf_counter()
+    feats = np.stack([np.concatenate([f.mean(0), f.std(0)]) for f in
+                      (cache.get(encoder, {"utt_id": r.utt_id, "path": r.path}).float().numpy()
+                       for r in df.itertuples())])
+    plain = plain_recipe(df, feats, n_folds, cfg.seed)
+    plain_s = time.perf_counter() - start
+
+    figures: dict[str, dict] = {}
+    own = [f"data.speed_perturb={SPEEDS if cfg.data.speed_perturb else '[]'}",
+           f"train.refit_on_dev={str(cfg.train.refit_on_dev).lower()}"]
+    for key in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        name, overrides = VARIANTS[key]
+        seeds = [int(s) for s in args.seeds.split(",")] if overrides == own else [0]
+        all_runs = []
+        for seed in seeds:
+            runs = out / (f"runs_{key}" if seed == 0 else f"runs_{key}_seed{seed}")
+            if runs.exists() and not args.keep:
+                shutil.rmtree(runs)
+            vcfg = load_config(args.config, [f"train.cache_dir={out / 'cache'}", *args.overrides, *overrides,
+                                             f"seed={seed}"])
+            start = time.perf_counter()
+            summary = train_cv(vcfg, manifest, runs)
+            wall_file = runs / "bench_wall_s.json"  # training time summed over the invocations that trained its folds
+            wall = time.perf_counter() - start + (json.loads(wall_file.read_text()) if wall_file.is_file() else 0.0)
+            wall_file.write_text(json.dumps(wall))
+            all_runs.append(runs)
+            figures[f"{key}/seed{seed}"] = variant_figures(f"{name}, seed {seed}", summary, runs, n_folds, wall)
+        if len(seeds) > 1:
+            wall = sum(figures[f"{key}/seed{s}"]["wall_s"] for s in seeds)
+            figures[f"{key}/ensemble"] = ensemble_figures(f"{name}, mean of {len(seeds)} seeds", all_runs,
+                                                          out / f"ens_{key}", n_folds, wall)
+
+    print(f"\n{'model':58s} {'test macro-F1 (4 folds)':26s} {'dev F1':7s} {'UAR':6s} {'pooled F1':9s} wall")
+    for key, f in figures.items():
+        tag = " *" if VARIANTS[key.split("/")[0]][1] == own else ""
+        print(f"{f['name'] + tag:58s} {f['mean']:.3f} ± {f['std']:.3f} {fmt_folds(f['per_fold']):11s} "
+              f"{f['dev_mean']:.3f}   {f['uar_mean']:.3f}  {f['pooled_f1']:.3f}     {f['wall_s']:.0f} s "
+              f"(best epochs {f['best_epochs']})")
+    for name, scores in plain.items():
+        print(f"{'plain recipe (mean+std, std., balanced LR) fit on ' + name:58s} {np.mean(scores):.3f} ± "
+              f"{np.std(scores):.3f} {fmt_folds(scores):11s} {'':7s} {'':6s} {'':9s} {plain_s:.0f} s (both)")
     for name, ref in REFERENCES.items():
-        print(f"reference {name}: {ref:.3f}  -> {'beaten' if np.mean(per_fold) > ref else 'NOT beaten'}")
-    print(f"wall time (feature cache + 4 folds of training): {wall:.0f} s")
-    (out / "figures.json").write_text(json.dumps({"per_fold": per_fold, "mean": float(np.mean(per_fold)),
-                                                  "wall_s": wall}, indent=2))
+        print(f"{'reference ' + name:58s} {ref:.3f}")
+    print("* = the config's own setting; dev F1 is always the dev-selected model's (never in-sample)")
+    for key, f in figures.items():
+        verdict = " and ".join(f"{'beats' if f['mean'] > r else 'does NOT beat'} {r:.3f}" for r in REFERENCES.values())
+        print(f"{f['name']}: {verdict}")
+    (out / "figures.json").write_text(json.dumps({"variants": figures, "plain": plain, "cache_s": cache_s,
+                                                  "plain_s": plain_s}, indent=2, default=float))
+
+
+def variant_figures(name: str, summary: dict, runs: Path, n_folds: int, wall: float) -> dict:
+    """Test/dev figures of one cross-validated variant from its cv summary and test predictions."""
+    per_fold = [m["test"]["macro_f1"] for m in summary["per_fold"]]
+    preds = pd.concat([RunDir(runs / f"fold_{k}").read_predictions("test") for k in range(n_folds)])
+    return {"name": name, "per_fold": per_fold, "mean": float(np.mean(per_fold)), "std": float(np.std(per_fold)),
+            "dev_mean": summary["dev"]["macro_f1"]["mean"], "uar_mean": summary["test"]["uar"]["mean"],
+            "wall_s": wall, "pooled_f1": f1_score(preds["label"], preds["pred"], average="macro"),
+            "pooled_uar": recall_score(preds["label"], preds["pred"], average="macro"),
+            "best_epochs": [m["best_epoch"] for m in summary["per_fold"]]}
+
+
+def ensemble_figures(name: str, runs: list[Path], out: Path, n_folds: int, wall: float) -> dict:
+    """Per fold, the mean-posterior ensemble of the seeds' runs (the `fusion-ser ensemble` code path)."""
+    from fusion_ser.fusion.ensemble import ensemble_runs
+
+    per_fold, dev, uar, preds = [], [], [], []
+    for k in range(n_folds):
+        ens = ensemble_runs([r / f"fold_{k}" for r in runs], out / f"fold_{k}", method="mean", force=True)
+        run = RunDir(getattr(ens, "path", out / f"fold_{k}"))
+        test, dev_pred = run.read_predictions("test"), run.read_predictions("dev")
+        per_fold.append(f1_score(test["label"], test["pred"], average="macro"))
+        uar.append(recall_score(test["label"], test["pred"], average="macro"))
+        dev.append(f1_score(dev_pred["label"], dev_pred["pred"], average="macro"))
+        preds.append(test)
+    pooled = pd.concat(preds)
+    return {"name": name, "per_fold": per_fold, "mean": float(np.mean(per_fold)), "std": float(np.std(per_fold)),
+            "dev_mean": float(np.mean(dev)), "uar_mean": float(np.mean(uar)), "wall_s": wall,
+            "pooled_f1": f1_score(pooled["label"], pooled["pred"], average="macro"),
+            "pooled_uar": recall_score(pooled["label"], pooled["pred"], average="macro"), "best_epochs": []}
+
+
+def fmt_folds(scores: list[float]) -> str:
+    return "[" + " ".join(f"{s:.2f}" for s in scores) + "]"
 
 
 if __name__ == "__main__":

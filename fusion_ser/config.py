@@ -41,6 +41,7 @@ class DataConfig:
     max_train_seconds: float = 15.0  # random crop of longer clips, training only
     max_eval_seconds: float = 60.0  # longer clips are evaluated in their first N seconds
     min_seconds: float = 0.1
+    speed_perturb: list[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]: one per clip and epoch, train only
 
 
 @dataclass
@@ -130,6 +131,7 @@ class TrainConfig:
     num_workers: int = 0
     log_every: int = 10
     report: bool = True  # write report.md + figures (fusion_ser.evaluation) when training ends
+    refit_on_dev: bool = False  # after dev selection: retrain on train+dev for the selected epochs, test with it
 
 
 @dataclass
@@ -173,6 +175,9 @@ class Config:
             raise ConfigError("train.batch_size, train.grad_accum and train.epochs must be >= 1")
         if len(self.data.attribute_range) != 2 or self.data.attribute_range[0] >= self.data.attribute_range[1]:
             raise ConfigError("data.attribute_range must be [low, high] with low < high, e.g. [1, 7]")
+        if any(not 0.5 <= float(f) <= 2.0 for f in self.data.speed_perturb):
+            raise ConfigError(f"data.speed_perturb: factors must lie in [0.5, 2.0], got {self.data.speed_perturb}; "
+                              "e.g. [0.9, 1.0, 1.1]")
         return self
 
 

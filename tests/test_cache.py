@@ -175,3 +175,40 @@ def test_text_items_and_uncacheable_encoder(tmp_path: Path) -> None:
     assert cache.get(enc, items[1]).item() == 2.0 and enc.calls == 2
     with pytest.raises(CacheError, match="cannot be cached"):
         cache.ensure(CountingEncoder(cacheable=False), items)
+
+
+def test_speed_perturbation_scales_duration_and_pitch_by_the_factor() -> None:
+    from fusion_ser.data.augment import speed_perturb
+
+    n, f0 = SR, 500.0
+    wav = (0.5 * np.sin(2 * np.pi * f0 * np.arange(n) / SR)).astype(np.float32)
+    for factor in (0.9, 1.1):
+        out = speed_perturb(wav, factor, SR)
+        assert out.dtype == np.float32
+        assert abs(len(out) - n / factor) <= 2  # 0.9 -> 1.111 s, 1.1 -> 0.909 s
+        spectrum = np.abs(np.fft.rfft(out * np.hanning(len(out))))
+        peak = np.fft.rfftfreq(len(out), 1 / SR)[np.argmax(spectrum)]
+        assert peak == pytest.approx(f0 * factor, rel=0.01)  # tempo and pitch change together
+    np.testing.assert_array_equal(speed_perturb(wav, 1.0, SR), wav)
+
+
+def test_speed_copies_are_keyed_separately_and_reused(tmp_path: Path, corpus: list[dict]) -> None:
+    import soxr
+
+    enc = CountingEncoder()
+    cache = FeatureCache(tmp_path / "cache")
+    items = corpus + [dict(it, speed=s) for s in (0.9, 1.1) for it in corpus]
+    report = cache.ensure(enc, items)
+    assert (report.computed, enc.calls) == (12, 12)
+    assert len(entry_files(tmp_path / "cache")) == 12
+    keys = {cache.item_key(it) for it in items}
+    assert len(keys) == 12 and cache.item_key(dict(corpus[0], speed=1.0)) == cache.item_key(corpus[0])
+    again = FeatureCache(tmp_path / "cache").ensure(enc, items)  # another run, another epoch: all from disk
+    assert (again.computed, again.reused, enc.calls) == (0, 12, 12)
+    wav, _ = sf.read(corpus[2]["path"], dtype="float32")
+    slow = soxr.resample(wav, SR * 0.9, SR, quality="HQ")  # independent: the clip read as if sampled at 0.9*SR
+    n = len(slow) // 160
+    got = cache.get(enc, dict(corpus[2], speed=0.9))
+    assert enc.calls == 12
+    np.testing.assert_array_equal(got.numpy(), (slow[: n * 160].reshape(n, 160)).astype(np.float16))
+    assert got.shape[0] == pytest.approx(cache.get(enc, corpus[2]).shape[0] / 0.9, abs=1)

@@ -7,8 +7,10 @@ the attributes task writes <attr>_pred columns on the manifest scale; bad input 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -374,3 +376,164 @@ def test_soft_labels_keep_no_agreement_rows_only_when_asked(corpus, ssl_models, 
     assert kept.read_info().extra["n_train"] == 48 and dropped.read_info().extra["n_train"] == 44
     assert kept.read_info().labels == sorted(CLASSES)  # no_agreement is never a class
     assert np.isfinite(pd.read_csv(kept.train_log_path)["train_loss"]).all()
+
+
+def test_speed_perturbed_cache_copies_for_train_only_and_reused(corpus, ssl_models, tmp_path, monkeypatch) -> None:
+    from fusion_ser.training.cache import FeatureCache
+    from fusion_ser.training.trainer import train_run
+
+    requests: list[tuple[str, float]] = []
+    computed: list[str] = []
+    real_get, real_compute = FeatureCache.get, FeatureCache._compute
+
+    def spy_get(self, encoder, item):
+        requests.append((str(item["utt_id"]), float(item.get("speed", 1.0))))
+        return real_get(self, encoder, item)
+
+    def spy_compute(self, encoder, item, path):
+        computed.append(str(item["utt_id"]))
+        return real_compute(self, encoder, item, path)
+
+    monkeypatch.setattr(FeatureCache, "get", spy_get)
+    monkeypatch.setattr(FeatureCache, "_compute", spy_compute)
+    cache = tmp_path / "cache"
+    cfg = tiny_cfg(ssl_models["wavlm"], "audio_encoder.finetune=frozen", "train.cache_features=true",
+                   "data.speed_perturb=[0.9, 1.0, 1.1]", "train.epochs=3", cache_dir=cache)
+    run = train_run(cfg, corpus, tmp_path / "sp")
+    df = pd.read_csv(corpus)
+    train_ids = set(df.loc[df["split"] == "train", "utt_id"])
+    assert len(computed) == 72 + 2 * 48 and len(list(cache.rglob("*.fsc"))) == 168  # plain + two copies of train
+    augmented = {(u, s) for u, s in requests if s != 1.0}
+    assert {s for _, s in augmented} == {0.9, 1.1}
+    assert {u for u, _ in augmented} <= train_ids  # dev and test are never augmented
+    evaluated = [u for u, s in requests if u not in train_ids]
+    assert evaluated and all(s == 1.0 for u, s in requests if u not in train_ids)
+    # one factor per clip and epoch: 48 train reads per epoch, and the factors differ between epochs
+    per_epoch = [requests[i * 60: i * 60 + 48] for i in range(3)]  # each epoch: 48 train reads then 12 dev reads
+    assert all({u for u, _ in e} == train_ids for e in per_epoch)
+    assert dict(per_epoch[0]) != dict(per_epoch[1])
+    computed.clear()
+    again = train_run(cfg, corpus, tmp_path / "sp2")  # another run on the same cache encodes nothing
+    assert computed == []
+    assert again.read_metrics() == run.read_metrics()
+
+
+def test_speed_perturbation_on_the_fly_for_a_fine_tuned_encoder(corpus, ssl_models, tmp_path, monkeypatch) -> None:
+    import fusion_ser.data.dataset as dataset_module
+    from fusion_ser.data.augment import speed_perturb
+    from fusion_ser.training.trainer import train_run
+
+    calls: list[tuple[int, int, float]] = []
+
+    def spy(wav, factor, sample_rate=16000):
+        out = speed_perturb(wav, factor, sample_rate)
+        calls.append((len(wav), len(out), factor))
+        return out
+
+    monkeypatch.setattr(dataset_module, "speed_perturb", spy)
+    run = train_run(tiny_cfg(ssl_models["wavlm"], "data.speed_perturb=[0.9, 1.1]", "train.epochs=2"), corpus,
+                    tmp_path / "fly")
+    assert run.is_complete()
+    assert len(calls) == 2 * 48  # every train clip once per epoch; dev and test predictions never perturbed
+    assert {f for _, _, f in calls} == {0.9, 1.1}
+    assert all(abs(m - n / f) <= 2 for n, m, f in calls)
+
+
+class FitSpy:
+    """Records the number of training rows and epochs of every `fit` of a Trainer subclass."""
+
+    @staticmethod
+    def make(record: list, stop_at: Optional[tuple[str, int]] = None):
+        from fusion_ser.training.trainer import Trainer
+
+        class Spy(Trainer):
+            def fit(self, train_set, dev_set, epochs=None):
+                record.append((len(train_set), dev_set is not None, epochs))
+                return super().fit(train_set, dev_set, epochs)
+
+            def on_epoch_end(self, epoch, row):
+                phase = "refit" if self.checkpoint_dir.name == "refit" else "main"
+                if stop_at == (phase, epoch):
+                    raise KeyboardInterrupt
+
+        return Spy
+
+
+def test_refit_on_dev_predicts_test_with_a_train_plus_dev_model(corpus, ssl_models, tmp_path) -> None:
+    from fusion_ser.data.manifest import read_manifest
+    from fusion_ser.models import load_model
+    from fusion_ser.training.trainer import feature_caches, predict_frame, train_run
+
+    common = ["audio_encoder.finetune=frozen", "train.cache_features=true", "optim.lr_head=0.01", "train.epochs=4"]
+    plain = train_run(tiny_cfg(ssl_models["wavlm"], *common, cache_dir=tmp_path / "cache"), corpus, tmp_path / "a")
+    fits: list = []
+    cfg = tiny_cfg(ssl_models["wavlm"], *common, "train.refit_on_dev=true", cache_dir=tmp_path / "cache")
+    refit = train_run(cfg, corpus, tmp_path / "b", trainer_cls=FitSpy.make(fits))
+    metrics = refit.read_metrics()
+    best = metrics["best_epoch"]
+    assert fits == [(48, True, None), (60, False, best)]  # the refit trains on 48 train + 12 dev rows
+    assert metrics["test_model"] == "refit_on_dev" and metrics["refit_epochs"] == best
+    assert refit.read_info().extra["n_refit_train"] == 60 and refit.read_info().extra["test_model"] == "refit_on_dev"
+    assert len(pd.read_csv(refit.path / "refit_train_log.csv")) == best
+    # dev predictions and metrics are the dev-selected model's, identical to a run without the refit
+    pd.testing.assert_frame_equal(plain.read_predictions("dev"), refit.read_predictions("dev"))
+    assert metrics["dev"] == plain.read_metrics()["dev"] and metrics["best_epoch"] == plain.read_metrics()["best_epoch"]
+    probs = [c for c in plain.read_predictions("test").columns if c.startswith("prob_")]
+    assert not np.allclose(plain.read_predictions("test")[probs], refit.read_predictions("test")[probs])
+    # model/ is the refit model (it reproduces test.csv); model_dev_selected/ reproduces dev.csv
+    df = read_manifest(corpus)
+    for directory, split in ((refit.model_dir, "test"), (refit.path / "model_dev_selected", "dev")):
+        model, cfg2, _ = load_model(directory)
+        fresh = predict_frame(model, df[df["split"] == split], cfg2, cached=feature_caches(model, cfg2))
+        np.testing.assert_allclose(fresh[probs].to_numpy(), refit.read_predictions(split)[probs].to_numpy(), atol=1e-6)
+
+
+def test_resume_is_exact_with_speed_perturbation_and_refit(corpus, ssl_models, tmp_path) -> None:
+    from fusion_ser.training.trainer import train_run
+
+    cfg = tiny_cfg(ssl_models["wavlm"], "head.dropout=0.3", "data.speed_perturb=[0.9, 1.0, 1.1]",
+                   "train.refit_on_dev=true", "train.epochs=3", "data.max_train_seconds=0.6",
+                   "train.selection_metric=loss")  # dev loss falls every epoch here: the refit runs 3 epochs
+    full = train_run(cfg, corpus, tmp_path / "full")
+    fits: list = []
+    with pytest.raises(KeyboardInterrupt):  # during the dev-selected phase
+        train_run(cfg, corpus, tmp_path / "r", trainer_cls=FitSpy.make(fits, ("main", 2)))
+    with pytest.raises(KeyboardInterrupt):  # during the refit phase
+        train_run(cfg, corpus, tmp_path / "r", trainer_cls=FitSpy.make(fits, ("refit", 1)))
+    resumed = train_run(cfg, corpus, tmp_path / "r")
+    assert fits[-1][:2] == (60, False)  # the second attempt did reach the refit
+    a, b = full.read_metrics(), resumed.read_metrics()
+    assert a["refit_epochs"] == 3  # so the refit was interrupted mid-way and resumed
+    assert a == b
+    pd.testing.assert_frame_equal(full.read_predictions("test"), resumed.read_predictions("test"))
+    pd.testing.assert_frame_equal(full.read_predictions("dev"), resumed.read_predictions("dev"))
+    log_full, log_resumed = (pd.read_csv(r.path / "refit_train_log.csv") for r in (full, resumed))
+    timing = [c for c in log_full.columns if c.endswith(("seconds", "utt_per_s"))]
+    pd.testing.assert_frame_equal(log_full.drop(columns=timing), log_resumed.drop(columns=timing))
+
+
+def test_fusion_model_trains_with_rows_without_text(corpus, tiny_bert, tmp_path, caplog) -> None:
+    import logging
+
+    from fusion_ser.training.trainer import train_run
+
+    df = pd.read_csv(corpus)
+    df["path"] = [str(corpus.parent / p) for p in df["path"]]
+    df["text"] = np.where(df.index % 5 == 0, "", df["text"])
+    manifest = tmp_path / "partly_transcribed.csv"
+    df.to_csv(manifest, index=False)
+    cfg = load_config(None, ["modality=both", f"text_encoder.name_or_path={tiny_bert}", "text_encoder.finetune=frozen",
+                             "text_encoder.max_length=16", "audio_encoder.type=fbank", "audio_encoder.finetune=full",
+                             "audio_encoder.n_mels=40", "audio_encoder.hidden_dim=32", "pooling.type=mean",
+                             "head.hidden_dim=32", "fusion.dim=32", "fusion.heads=2", "train.epochs=1",
+                             "train.batch_size=8", "train.report=false", f"train.cache_dir={tmp_path / 'cache'}"])
+    with caplog.at_level(logging.WARNING):
+        run = train_run(cfg, manifest, tmp_path / "both")
+    assert "have no text" in caplog.text and "audio alone" in caplog.text
+    extra = run.read_info().extra
+    assert (extra["n_train"], extra["n_dev"], extra["n_test"], extra["skipped_clips"]) == (48, 12, 12, 0)
+    no_text = set(df.loc[df["text"] == "", "utt_id"])
+    predicted = set(run.read_predictions("test")["utt_id"]) | set(run.read_predictions("dev")["utt_id"])
+    assert no_text & set(df.loc[df["split"] != "train", "utt_id"]) <= predicted
+    with pytest.raises(Exception, match="have no text"):  # a text-only model still refuses them
+        train_run(dataclasses.replace(cfg, modality="text"), manifest, tmp_path / "text")

@@ -1,7 +1,8 @@
 """The training/evaluation dataset over a manifest frame and the collate function that builds the batch dict.
 
-Audio is read with `load_audio` (or replaced by cached frozen-encoder features); long clips are randomly cropped
-in training only, with a crop that depends on (seed, epoch, row) alone so that a resumed run sees the same crops.
+Audio is read with `load_audio` (or replaced by cached frozen-encoder features); in training only, each clip is
+speed-perturbed by one factor of data.speed_perturb and long clips are randomly cropped, both drawn from
+(seed, epoch, row) alone so that a resumed run sees the same augmentation.
 Clips that cannot be read are screened out before training with a summary, and any that still fail at load time
 are logged and dropped from their batch with a count, never crashing a long job.
 """
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset
 
 from fusion_ser.config import Config
 from fusion_ser.data.audio import AudioError, audio_duration, load_audio
+from fusion_ser.data.augment import speed_perturb
 from fusion_ser.data.schema import SOFT_PREFIX
 from fusion_ser.encoders.base import Encoder
 
@@ -135,6 +137,13 @@ class EmotionDataset(Dataset):
     def _rng(self, idx: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, idx])
 
+    def speed_factor(self, idx: int) -> float:
+        """The speed-perturbation factor of a row in this epoch: one of data.speed_perturb in training, else 1.0."""
+        factors = self.cfg.data.speed_perturb
+        if not self.training or not factors:
+            return 1.0
+        return float(factors[int(np.random.default_rng([self.seed, self.epoch, idx, 1]).integers(len(factors)))])
+
     def _crop(self, n: int, max_n: int, idx: int) -> tuple[int, int]:
         """(start, stop) of a random window in training, of the first max_n in evaluation."""
         if n <= max_n:
@@ -145,14 +154,20 @@ class EmotionDataset(Dataset):
     def _audio(self, idx: int, row: pd.Series) -> dict[str, Any]:
         seconds = self.cfg.data.max_train_seconds if self.training else self.cfg.data.max_eval_seconds
         cached = self.cached.get("audio")
+        speed = self.speed_factor(idx)
         if cached is not None:
-            feats = cached.cache.get(cached.encoder, {"utt_id": row["utt_id"], "path": row["path"]})
+            key = {"utt_id": row["utt_id"], "path": row["path"]}
+            if speed != 1.0:
+                key["speed"] = speed
+            feats = cached.cache.get(cached.encoder, key)
             t = feats.shape[-2]
-            dur = float(self.durations[idx]) if self.durations is not None else 0.0
+            dur = float(self.durations[idx]) / speed if self.durations is not None else 0.0
             max_t = max(1, int(math.ceil(t * seconds / dur))) if dur > 0 else t
             start, stop = self._crop(t, max_t, idx)
             return {"cached_audio": feats[..., start:stop, :]}
         wav = load_audio(row["path"], sample_rate=self.cfg.data.sample_rate, min_seconds=self.cfg.data.min_seconds)
+        if speed != 1.0:
+            wav = speed_perturb(wav, speed, self.cfg.data.sample_rate)
         start, stop = self._crop(len(wav), int(seconds * self.cfg.data.sample_rate), idx)
         return {"wav": wav[start:stop]}
 

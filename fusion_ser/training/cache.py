@@ -2,10 +2,11 @@
 
 Layout: root/<sha256(cache_id)[:20]>/<key[:2]>/<key>.fsc, one file per utterance (two-level fan-out keeps
 directories small at 100k utterances), and root/<sha256(cache_id)[:20]>/cache_id.txt naming the encoder.
-The key is a sha256 of the audio file's identity (resolved path, size, mtime) and the loading options, or of the
-text. Each file is a small header (magic, shape, dtype, payload length, crc32) followed by the float16 payload,
-written to a temp file and renamed into place, so an interrupted write never leaves a file under the final name;
-a truncated or corrupt file fails its length or checksum check, is logged and rebuilt, never used.
+The key is a sha256 of the audio file's identity (resolved path, size, mtime), the loading options and the
+speed-perturbation factor of an augmented copy (item["speed"], training only), or of the text. Each file is a
+small header (magic, shape, dtype, payload length, crc32) followed by the float16 payload, written to a temp
+file and renamed into place, so an interrupted write never leaves a file under the final name; a truncated
+or corrupt file fails its length or checksum check, is logged and rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -146,6 +147,9 @@ class FeatureCache:
                 raise CacheError(f"utterance '{item.get('utt_id', '?')}': audio file '{p}' cannot be read ({e.strerror}); "
                                  "fix the manifest path") from e
             material = f"audio|{p}|{st.st_size}|{st.st_mtime_ns}|{self.sample_rate}|{self.min_seconds}|{self.max_seconds}"
+            speed = float(item.get("speed") or 1.0)
+            if speed != 1.0:  # speed-perturbed copies are separate entries; the plain clip keeps its historic key
+                material += f"|speed={speed!r}"
         elif "text" in item and item["text"] is not None:
             material = "text|" + str(item["text"])
         else:
@@ -165,6 +169,11 @@ class FeatureCache:
                 from fusion_ser.data.audio import load_audio
 
                 wav = load_audio(item["path"], sample_rate=self.sample_rate, min_seconds=self.min_seconds)
+            speed = float(item.get("speed") or 1.0)
+            if speed != 1.0:
+                from fusion_ser.data.augment import speed_perturb
+
+                wav = speed_perturb(wav, speed, self.sample_rate)
             if self.max_seconds is not None:
                 wav = wav[: int(self.max_seconds * self.sample_rate)]
             return {"wav": wav}

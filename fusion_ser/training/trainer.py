@@ -337,8 +337,11 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, model: nn.Module, labels: list[str], *, device: torch.device,
-                 dist: D.DistInfo, run: RunDir, info: RunInfo, progress: Optional[Progress] = None):
+                 dist: D.DistInfo, run: RunDir, info: RunInfo, progress: Optional[Progress] = None,
+                 checkpoint_dir: Optional[Path] = None, log_path: Optional[Path] = None):
         self.cfg = cfg
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else run.checkpoint_dir
+        self.log_path = Path(log_path) if log_path is not None else run.train_log_path
         self.labels = labels
         self.device = device
         self.dtype = resolve_precision(device, cfg.train.precision)
@@ -391,7 +394,7 @@ class Trainer:
     def fit_frame_statistics(self, train_set: EmotionDataset) -> None:
         """Per-dimension mean/std of the encoder's frames over the train set (uncropped), for head.standardize_frames."""
         norm = getattr(self.module, "frame_norm", None)
-        if norm is None or (self.run.checkpoint_dir / "last.pt").is_file():  # a resumed run restores its statistics
+        if norm is None or (self.checkpoint_dir / "last.pt").is_file():  # a resumed run restores its statistics
             return
         was_training = self.module.training
         self.module.eval()
@@ -415,29 +418,37 @@ class Trainer:
         self.module.train(was_training)
         logger.info("frame statistics from %d frames of %d train clips", int(count), len(frames))
 
-    def fit(self, train_set: EmotionDataset, dev_set: EmotionDataset) -> None:
-        """Train for cfg.train.epochs (or until early stopping), resuming from the run's checkpoint if there is one."""
+    def fit(self, train_set: EmotionDataset, dev_set: Optional[EmotionDataset], epochs: Optional[int] = None) -> None:
+        """Train for `epochs` (default cfg.train.epochs) or until early stopping, resuming from the checkpoint if any.
+
+        Without a dev set (the refit on train+dev) nothing is evaluated and the last epoch is the selected one.
+        """
         cfg = self.cfg
+        epochs = cfg.train.epochs if epochs is None else int(epochs)
+        self.epochs_target = epochs
         self.fit_frame_statistics(train_set)
         sampler = self._train_sampler(train_set)
         loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.train.num_workers)
         steps_per_epoch = math.ceil(len(sampler) / cfg.train.grad_accum)
-        total = max(1, steps_per_epoch * cfg.train.epochs)
+        total = max(1, steps_per_epoch * epochs)
         warmup = int(round(cfg.optim.warmup_ratio * total))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim.schedule, total, warmup))
         self._load_checkpoint()
-        dev_loader = eval_loader(dev_set, cfg)
-        while self.epoch < cfg.train.epochs and not self._stopped():
+        dev_loader = eval_loader(dev_set, cfg) if dev_set is not None else None
+        while self.epoch < epochs and not self._stopped():
             epoch = self.epoch + 1
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
             self.on_stage_start("train", epoch)
             train_stats = self._train_epoch(loader, epoch, len(sampler))
             self.on_stage_end("train", epoch, train_stats)
-            self.on_stage_start("dev", epoch)
-            dev_stats = self._evaluate(dev_loader, dev_set)
-            self.on_stage_end("dev", epoch, dev_stats)
-            improved = self._select(dev_stats, epoch)
+            if dev_set is not None:
+                self.on_stage_start("dev", epoch)
+                dev_stats = self._evaluate(dev_loader, dev_set)
+                self.on_stage_end("dev", epoch, dev_stats)
+                improved = self._select(dev_stats, epoch)
+            else:
+                dev_stats, improved, self.best_epoch = {}, True, epoch
             row = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                    **{f"dev_{k}": v for k, v in dev_stats.items()},
                    **{f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)},
@@ -445,7 +456,9 @@ class Trainer:
             self.log.append(row)
             self.epoch = epoch
             self._save_checkpoint(improved)
-            self._emit({"event": "epoch_end", "epoch": epoch, "epochs": cfg.train.epochs, "metric": self.metric,
+            # the refit has no dev figures: its epochs are reported as a separate event kind
+            self._emit({"event": "epoch_end" if dev_set is not None else "refit_epoch_end", "epoch": epoch,
+                        "epochs": epochs, "metric": self.metric,
                         "train_loss": train_stats["loss"], "utt_per_s": train_stats["utt_per_s"],
                         "dev": dev_stats.get(self.metric), "best": improved, "best_epoch": self.best_epoch})
             self.on_epoch_end(epoch, row)
@@ -468,7 +481,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, n_utts, skipped = 0.0, 0, 0
         start, cpu_start = time.perf_counter(), time.process_time()
-        self._emit({"event": "epoch_start", "epoch": epoch, "epochs": cfg.train.epochs, "steps": n_batches})
+        self._emit({"event": "epoch_start", "epoch": epoch, "epochs": getattr(self, "epochs_target", cfg.train.epochs),
+                    "steps": n_batches})
         for i, batch in enumerate(loader):
             skipped += batch["skipped"]
             last_of_group = (i + 1) % accum == 0 or i + 1 == n_batches
@@ -538,7 +552,7 @@ class Trainer:
     # checkpoints -----------------------------------------------------------------------------------------------
 
     def _save_checkpoint(self, improved: bool) -> None:
-        ckpt = self.run.checkpoint_dir
+        ckpt = self.checkpoint_dir
         if self.dist.is_main:
             ckpt.mkdir(parents=True, exist_ok=True)
             if improved:
@@ -555,13 +569,13 @@ class Trainer:
                 "log": self.log,
             }
             _atomic_save(state, ckpt / "last.pt")
-            atomic_write_text(self.run.train_log_path, pd.DataFrame(self.log).to_csv(index=False))
+            atomic_write_text(self.log_path, pd.DataFrame(self.log).to_csv(index=False))
         D.barrier(self.dist)
         _atomic_save(_rng_state(), ckpt / f"rng_rank{self.dist.rank}.pt")
         D.barrier(self.dist)
 
     def _load_checkpoint(self) -> None:
-        path = self.run.checkpoint_dir / "last.pt"
+        path = self.checkpoint_dir / "last.pt"
         if not path.is_file():
             return
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -573,7 +587,7 @@ class Trainer:
         self.epoch = state["epoch"]
         self.best_score, self.best_epoch, self.bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
         self.log = list(state["log"])
-        rng = self.run.checkpoint_dir / f"rng_rank{self.dist.rank}.pt"
+        rng = self.checkpoint_dir / f"rng_rank{self.dist.rank}.pt"
         if rng.is_file():
             _set_rng_state(torch.load(rng, map_location="cpu", weights_only=False))
         logger.info("resumed %s after epoch %d (best %s %.4f at epoch %d)", self.run.path, self.epoch,
@@ -581,7 +595,7 @@ class Trainer:
 
     def load_best(self) -> None:
         """Put the selected epoch's weights into the model."""
-        best = self.run.checkpoint_dir / "best.pt"
+        best = self.checkpoint_dir / "best.pt"
         if best.is_file():
             self.module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False), strict=False)
 
@@ -647,13 +661,21 @@ def feature_caches(model: nn.Module, cfg: Config) -> list[CachedInput]:
 
 
 def fill_caches(cached: list[CachedInput], data: RunData, dist: D.DistInfo,
-                progress: Optional[Progress] = None) -> RunData:
-    """Compute missing cache entries (rank 0 first, then the others find them) and drop rows that failed to encode."""
+                progress: Optional[Progress] = None, *, speeds: tuple[float, ...] = (),
+                augmented: tuple[str, ...] = ("train",)) -> RunData:
+    """Compute missing cache entries (rank 0 first, then the others find them) and drop rows that failed to encode.
+
+    Audio rows of the `augmented` splits also get one entry per speed-perturbation factor other than 1.0.
+    """
     failed: set[str] = set()
+    extra_speeds = [float(f) for f in dict.fromkeys(speeds) if float(f) != 1.0]
     for c in cached:
         frames = [data.train, data.dev, data.test]
         items = [{"utt_id": str(r.utt_id), "path": r.path} if c.modality == "audio" else
                  {"utt_id": str(r.utt_id), "text": str(r.text)} for f in frames for r in f.itertuples()]
+        if c.modality == "audio":
+            items += [{"utt_id": str(r.utt_id), "path": r.path, "speed": f}
+                      for f in extra_speeds for s in augmented for r in getattr(data, s).itertuples()]
         for turn in ([0, 1] if dist.enabled else [0]):
             if (turn == 0) == dist.is_main:
                 if progress is not None and dist.is_main:
@@ -697,7 +719,8 @@ def train_run(cfg: Config, manifest_path: Optional[str | Path], out_dir: str | P
         set_class_weights(model, class_weights(data.train["label"].astype(str).tolist(), data.labels))
     cached = feature_caches(model, cfg)
     if cached:
-        data = fill_caches(cached, data, dist, progress)
+        data = fill_caches(cached, data, dist, progress, speeds=tuple(cfg.data.speed_perturb),
+                           augmented=("train", "dev") if cfg.train.refit_on_dev else ("train",))
     info = RunInfo(kind="model", task=cfg.task, labels=data.labels,
                    attributes=list(cfg.data.attributes) if cfg.task == "attributes" else [],
                    modality=cfg.modality, complete=False,
@@ -719,30 +742,83 @@ def train_run(cfg: Config, manifest_path: Optional[str | Path], out_dir: str | P
     dev_set = EmotionDataset(data.dev, cfg, data.labels, training=False, durations=data.durations["dev"], cached=cached)
     trainer = trainer_cls(cfg, model, data.labels, device=device, dist=dist, run=run, info=info, progress=progress)
     trainer.fit(train_set, dev_set)
+    refit = None
+    if cfg.train.refit_on_dev:
+        refit = refit_on_dev(trainer, cfg, data, cached, progress, trainer_cls=trainer_cls)
     if dist.is_main:
-        _finish(trainer, cfg, data, run, info, cached)
+        _finish(trainer, cfg, data, run, info, cached, refit)
     D.barrier(dist)
     return run
 
 
+def refit_rows(cfg: Config, data: RunData) -> tuple[pd.DataFrame, Optional[np.ndarray]]:
+    """Train plus the dev rows usable as training targets (labelled with a class, or with any attribute)."""
+    dev = data.dev
+    if cfg.task == "attributes":
+        keep = _has_attributes(dev, cfg.data.attributes).to_numpy()
+    else:
+        keep = dev["label"].astype(str).isin(data.labels).to_numpy()
+    frame = pd.concat([data.train, dev[keep]], ignore_index=True)
+    durations = None
+    if data.durations["train"] is not None and data.durations["dev"] is not None:
+        durations = np.concatenate([data.durations["train"], data.durations["dev"][keep]])
+    return frame, durations
+
+
+def refit_on_dev(selected: Trainer, cfg: Config, data: RunData, cached: list[CachedInput],
+                 progress: Optional[Progress] = None, *, trainer_cls: type[Trainer] = Trainer) -> Trainer:
+    """Second phase of train.refit_on_dev: a fresh model from the same seed trained on train+dev for the epochs
+    the dev set selected, with its own checkpoints (run/checkpoints/refit), so a crash resumes the refit itself."""
+    epochs = max(1, selected.best_epoch)
+    frame, durations = refit_rows(cfg, data)
+    seed_everything(cfg.seed)
+    model = build_model(cfg, data.labels)
+    if cfg.task == "categorical" and cfg.loss.type in ("weighted_ce", "focal", "soft_ce"):
+        set_class_weights(model, class_weights(frame["label"].astype(str).tolist(), data.labels))
+    run = selected.run
+    trainer = trainer_cls(cfg, model, data.labels, device=selected.device, dist=selected.dist, run=run,
+                          info=selected.info, progress=progress, checkpoint_dir=run.checkpoint_dir / "refit",
+                          log_path=run.path / "refit_train_log.csv")
+    if progress is not None and selected.dist.is_main:
+        progress({"event": "refit", "epochs": epochs, "n_train": len(frame)})
+    logger.info("refit on train+dev: %d rows for %d epoch(s) (the dev-selected epoch)", len(frame), epochs)
+    trainer.fit(EmotionDataset(frame, cfg, data.labels, training=True, durations=durations, cached=cached), None,
+                epochs=epochs)
+    trainer.refit_rows = len(frame)
+    return trainer
+
+
 def _finish(trainer: Trainer, cfg: Config, data: RunData, run: RunDir, info: RunInfo,
-            cached: list[CachedInput]) -> None:
-    """Write model/, predictions, metrics.json and run.json (complete, last); drop the checkpoints."""
+            cached: list[CachedInput], refit: Optional[Trainer] = None) -> None:
+    """Write model/, predictions, metrics.json and run.json (complete, last); drop the checkpoints.
+
+    With a refit model, dev predictions stay those of the dev-selected model (saved to model_dev_selected/),
+    test predictions and model/ are the refit model's.
+    """
     from fusion_ser.evaluation.metrics import compute_metrics
 
     trainer.load_best()
     model = trainer.module
-    save_model(model, cfg, data.labels, run.model_dir)
+    if refit is not None:
+        refit.load_best()
+        save_model(model, cfg, data.labels, run.path / "model_dev_selected")
+    save_model(refit.module if refit is not None else model, cfg, data.labels, run.model_dir)
     metrics: dict[str, Any] = {}
     for split in ("dev", "test"):
         frame = getattr(data, split)
         if len(frame) == 0:
             continue
-        pred = predict_frame(model, frame, cfg, trainer.device, cached=cached)
+        member = refit.module if refit is not None and split == "test" else model
+        pred = predict_frame(member, frame, cfg, trainer.device, cached=cached)
         run.write_predictions(split, pred)
         metrics[split] = compute_metrics(pred, info)
     metrics["best_epoch"] = trainer.best_epoch
     metrics["selection_metric"] = trainer.metric
+    if refit is not None:
+        refit_info = {"test_model": "refit_on_dev", "refit_epochs": refit.epoch,
+                      "n_refit_train": getattr(refit, "refit_rows", None), "dev_model": "model_dev_selected"}
+        metrics.update(refit_info)
+        info.extra.update(refit_info)
     run.write_metrics(metrics)
     atomic_write_text(run.train_log_path, pd.DataFrame(trainer.log).to_csv(index=False))
     if cfg.train.report:
