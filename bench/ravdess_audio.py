@@ -30,11 +30,13 @@ from sklearn.preprocessing import StandardScaler
 from fusion_ser.config import Config, load_config
 from fusion_ser.data.audio import audio_duration
 from fusion_ser.data.folds import apply_fold
-from fusion_ser.data.manifest import read_manifest, write_manifest
+from fusion_ser.data.manifest import read_manifest
 from fusion_ser.encoders.audio import build_audio_encoder
 from fusion_ser.rundir import RunDir
 from fusion_ser.training.cache import FeatureCache
 from fusion_ser.training.trainer import train_cv
+
+from ravdess_folds import ravdess_manifest
 
 REFERENCES = {"openSMILE eGeMAPSv02 + linear SVM (quoted)": 0.503,
               "plain recipe, Whisper tiny.en mean+std + LR (quoted)": 0.684}
@@ -46,26 +48,6 @@ VARIANTS = {
     "speed_refit": ("trained + speed perturbation + refit",
                     [f"data.speed_perturb={SPEEDS}", "train.refit_on_dev=true"]),
 }
-
-
-def ravdess_manifest(data: Path, out: Path, n_folds: int = 4) -> Path:
-    """The corpus manifest with the round-robin actor folds (split is reassigned per fold by apply_fold)."""
-    src = pd.read_csv(data / "manifest.csv")
-    actors = sorted(src["speaker"].unique())
-    fold_of = {a: i % n_folds for i, a in enumerate(actors)}
-    df = pd.DataFrame({
-        "utt_id": [Path(p).stem for p in src["path"]],
-        "path": [str((data / p).resolve()) for p in src["path"]],
-        "split": "train",
-        "speaker": src["speaker"],
-        "gender": src["gender"],
-        "label": src["label"],
-        "text": src["text"],
-        "fold": src["speaker"].map(fold_of),
-    })
-    path = out / "ravdess_folds.csv"
-    write_manifest(df, path)
-    return path
 
 
 def fill_cache(cfg: Config, df: pd.DataFrame, speeds: list[float]) -> tuple[FeatureCache, object, float, int]:

@@ -23,34 +23,15 @@ from pathlib import Path
 import pandas as pd
 
 from fusion_ser.config import Config, load_config
-from fusion_ser.data.manifest import write_manifest
 from fusion_ser.fusion.ensemble import ensemble_runs
 from fusion_ser.fusion.late import late_fuse
 from fusion_ser.rundir import RunDir
 from fusion_ser.training.trainer import train_run
 
+from ravdess_folds import N_FOLDS, ravdess_manifest
+
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-N_FOLDS = 4
 TOLERANCE = 0.01
-
-
-def ravdess_manifest(data: Path, out: Path) -> Path:
-    """The corpus manifest with round-robin actor folds; `data.fold` of the config picks test/dev/train."""
-    src = pd.read_csv(data / "manifest.csv")
-    fold_of = {a: i % N_FOLDS for i, a in enumerate(sorted(src["speaker"].unique()))}
-    df = pd.DataFrame({
-        "utt_id": [Path(p).stem for p in src["path"]],
-        "path": [str((data / p).resolve()) for p in src["path"]],
-        "split": "train",
-        "speaker": src["speaker"],
-        "gender": src["gender"],
-        "label": src["label"],
-        "text": src["text"],
-        "fold": src["speaker"].map(fold_of),
-    })
-    path = out / "ravdess_folds.csv"
-    write_manifest(df, path)
-    return path
 
 
 def trained(cfg: Config, manifest: Path, out: Path) -> RunDir:

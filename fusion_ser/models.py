@@ -40,6 +40,19 @@ class ModelOutput:
     loss: Optional[torch.Tensor] = None  # when the batch carries targets
     records: dict[str, Any] = field(default_factory=dict)  # e.g. the pooled embedding
 
+    @classmethod
+    def from_head(cls, task: str, out: torch.Tensor, pooled: torch.Tensor, criterion: Any,
+                  batch: dict[str, Any]) -> "ModelOutput":
+        """Wrap a head's output for `task`, with the pooled embedding and the loss when the batch has targets."""
+        result = cls(records={"embedding": pooled.detach()})
+        if task == "attributes":
+            result.attributes = out
+        else:
+            result.logits = out
+        if criterion.has_targets(batch):
+            result.loss = criterion(out, batch)
+        return result
+
 
 class BaselineHead(nn.Module):
     """The Odyssey 2024 baseline head: Dropout 0.5, Linear, LayerNorm, ReLU, Dropout, Linear."""
@@ -163,15 +176,7 @@ class UnimodalModel(nn.Module):
         pooled = self.pooling(features, enc.mask)
         if self.pooled_norm is not None:
             pooled = self.pooled_norm(pooled)
-        out = self.head(pooled)
-        result = ModelOutput(records={"embedding": pooled.detach()})
-        if self.task == "attributes":
-            result.attributes = out
-        else:
-            result.logits = out
-        if self.criterion.has_targets(batch):
-            result.loss = self.criterion(out, batch)
-        return result
+        return ModelOutput.from_head(self.task, self.head(pooled), pooled, self.criterion, batch)
 
 
 def build_encoder(cfg: Config, modality: str) -> Encoder:

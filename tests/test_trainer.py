@@ -537,3 +537,17 @@ def test_fusion_model_trains_with_rows_without_text(corpus, tiny_bert, tmp_path,
     assert no_text & set(df.loc[df["split"] != "train", "utt_id"]) <= predicted
     with pytest.raises(Exception, match="have no text"):  # a text-only model still refuses them
         train_run(dataclasses.replace(cfg, modality="text"), manifest, tmp_path / "text")
+
+
+def test_cli_says_when_test_comes_from_the_refit_model(corpus, ssl_models, tmp_path) -> None:
+    from fusion_ser.cli.main import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("seed: 0\naudio_encoder: {type: hf, finetune: frozen, name_or_path: %s}\n"
+                   "head: {hidden_dim: 16}\ntrain: {epochs: 2, batch_size: 8, report: false, refit_on_dev: true, "
+                   "cache_dir: %s}\n" % (ssl_models["wavlm"], tmp_path / "cache"))
+    result = CliRunner().invoke(main, ["train", "-c", str(cfg), "--manifest", str(corpus), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    best = RunDir(tmp_path / "r").read_metrics()["best_epoch"]
+    assert result.output.count("refit epoch") == best
+    assert f"test predictions come from a model refit on train+dev for {best} epochs" in result.output

@@ -56,6 +56,11 @@ class ProgressPrinter:
             click.echo(f"epoch {event['epoch']}: train loss {event['train_loss']:.4f}, {event['utt_per_s']:.1f} utt/s, "
                        f"dev {event['metric']} {event['dev']:.4f}{mark}")
 
+        elif kind == "refit_epoch_end":
+            self._close()
+            click.echo(f"refit epoch {event['epoch']}/{event['epochs']} on train+dev: train loss "
+                       f"{event['train_loss']:.4f}, {event['utt_per_s']:.1f} utt/s")
+
     def close(self) -> None:
         """Close any open bar."""
         self._close()
@@ -157,5 +162,8 @@ def _summary(run: Any) -> None:
     for split in ("dev", "test"):
         if split in metrics:
             click.echo(f"  {split}: {_headline(metrics[split], info.task) or 'no labelled rows'}")
+    if metrics.get("test_model") == "refit_on_dev":
+        click.echo(f"  test predictions come from a model refit on train+dev for {metrics.get('refit_epochs')} epochs "
+                   f"(model/); dev figures from the dev-selected model (model_dev_selected/)")
     if info.extra.get("skipped_clips"):
         click.echo(f"  {info.extra['skipped_clips']} unreadable clip(s) skipped: see {run.path / 'skipped_clips.json'}")

@@ -99,12 +99,4 @@ class AttentionFusionModel(nn.Module):
         for block in self.blocks:
             audio, text = block(audio, audio_mask, text, text_mask)
         pooled = torch.cat([self.audio_pool(audio, audio_mask), self.text_pool(text, text_mask)], dim=-1)
-        out = self.head(pooled)
-        result = ModelOutput(records={"embedding": pooled.detach()})
-        if self.task == "attributes":
-            result.attributes = out
-        else:
-            result.logits = out
-        if self.criterion.has_targets(batch):
-            result.loss = self.criterion(out, batch)
-        return result
+        return ModelOutput.from_head(self.task, self.head(pooled), pooled, self.criterion, batch)
