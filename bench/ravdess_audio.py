@@ -2,14 +2,14 @@
 
 Folds: actors sorted by name and dealt round-robin (Actor_01 -> fold 0, Actor_02 -> fold 1, ...); fold k is
 test, fold k+1 dev, the rest train. Printed, all on the same folds and the same feature cache:
-  - the trained model (configs/audio_whisper_tiny.yaml) with and without speed perturbation (data.speed_perturb)
-    and with and without the refit on train+dev (train.refit_on_dev);
+  - the trained model (configs/audio_whisper_tiny.yaml) with and without speed perturbation (data.speed_perturb),
+    the refit on train+dev (train.refit_on_dev) and the moving average of the weights (optim.ema_decay);
   - the plain recipe (frozen Whisper tiny.en, mean+std over frames, standardised, class-balanced logistic
     regression), fit on train only (12 actors) and on train+dev (18 actors, how the 0.684 reference was fit);
   - the quoted references: openSMILE eGeMAPSv02 + linear SVM 0.503, plain recipe 0.684.
 
     python bench/ravdess_audio.py [--data /work/shared/data/ravdess] [--out /tmp/ravdess_bench] [--keep]
-                                  [--variants base,speed,refit,speed_refit] [key=value ...]
+                                  [--variants base,speed,refit,speed_refit,speed_refit_ema] [key=value ...]
 """
 
 from __future__ import annotations
@@ -41,12 +41,18 @@ from ravdess_folds import ravdess_manifest
 REFERENCES = {"openSMILE eGeMAPSv02 + linear SVM (quoted)": 0.503,
               "plain recipe, Whisper tiny.en mean+std + LR (quoted)": 0.684}
 SPEEDS = "[0.9, 1.0, 1.1]"
+EMA = "0.995"
 VARIANTS = {
-    "base": ("trained, no speed perturbation, no refit", ["data.speed_perturb=[]", "train.refit_on_dev=false"]),
-    "speed": ("trained + speed perturbation 0.9/1.0/1.1", [f"data.speed_perturb={SPEEDS}", "train.refit_on_dev=false"]),
-    "refit": ("trained + refit on train+dev", ["data.speed_perturb=[]", "train.refit_on_dev=true"]),
+    "base": ("trained, no speed perturbation, no refit",
+             ["data.speed_perturb=[]", "train.refit_on_dev=false", "optim.ema_decay=0.0"]),
+    "speed": ("trained + speed perturbation 0.9/1.0/1.1",
+              [f"data.speed_perturb={SPEEDS}", "train.refit_on_dev=false", "optim.ema_decay=0.0"]),
+    "refit": ("trained + refit on train+dev",
+              ["data.speed_perturb=[]", "train.refit_on_dev=true", "optim.ema_decay=0.0"]),
     "speed_refit": ("trained + speed perturbation + refit",
-                    [f"data.speed_perturb={SPEEDS}", "train.refit_on_dev=true"]),
+                    [f"data.speed_perturb={SPEEDS}", "train.refit_on_dev=true", "optim.ema_decay=0.0"]),
+    "speed_refit_ema": ("trained + speed perturbation + refit + weight EMA",
+                        [f"data.speed_perturb={SPEEDS}", "train.refit_on_dev=true", f"optim.ema_decay={EMA}"]),
 }
 
 
@@ -111,7 +117,8 @@ def main() -> None:
 
     figures: dict[str, dict] = {}
     own = [f"data.speed_perturb={SPEEDS if cfg.data.speed_perturb else '[]'}",
-           f"train.refit_on_dev={str(cfg.train.refit_on_dev).lower()}"]
+           f"train.refit_on_dev={str(cfg.train.refit_on_dev).lower()}",
+           f"optim.ema_decay={EMA if cfg.optim.ema_decay else '0.0'}"]
     for key in [v.strip() for v in args.variants.split(",") if v.strip()]:
         name, overrides = VARIANTS[key]
         seeds = [int(s) for s in args.seeds.split(",")] if overrides == own else [0]

@@ -114,6 +114,7 @@ class OptimConfig:
     warmup_ratio: float = 0.1
     schedule: str = "linear"  # linear | cosine | constant
     grad_clip: float = 1.0
+    ema_decay: float = 0.0  # > 0: evaluate, select and save an exponential moving average of the weights
 
 
 @dataclass
@@ -178,6 +179,9 @@ class Config:
         if any(not 0.5 <= float(f) <= 2.0 for f in self.data.speed_perturb):
             raise ConfigError(f"data.speed_perturb: factors must lie in [0.5, 2.0], got {self.data.speed_perturb}; "
                               "e.g. [0.9, 1.0, 1.1]")
+        if not 0.0 <= self.optim.ema_decay < 1.0:
+            raise ConfigError(f"optim.ema_decay must be 0 (off) or in (0, 1), got {self.optim.ema_decay}; "
+                              "e.g. 0.995 averages over about 200 optimizer steps")
         return self
 
 

@@ -59,3 +59,35 @@ def test_torchrun_two_processes_gloo(tmp_path) -> None:
     # both processes trained on disjoint halves: the logged train loss is the all-reduced mean over 48 utterances
     log = pd.read_csv(ddp.train_log_path)
     assert log["train_loss"].notna().all() and log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
+
+
+def test_a_rank_whose_whole_batch_is_unreadable_does_not_hang_the_others(tmp_path) -> None:
+    """A clip passes the header check but fails to decode; with one clip per rank and step, that rank's batch is
+    empty. Every rank must then sit the step out together instead of waiting on each other's gradients."""
+    import numpy as np
+    import soundfile as sf
+
+    manifest = make_corpus(tmp_path / "corpus")
+    df = pd.read_csv(manifest)
+    row = df.index[df["split"] == "train"][0]
+    flac = tmp_path / "corpus" / "broken.flac"
+    sf.write(flac, np.sin(np.arange(16000) * 0.05).astype("float32") * 0.5, 16000)
+    data = bytearray(flac.read_bytes())
+    data[200:] = bytes((b * 7 + 13) % 256 for b in data[200:])  # STREAMINFO intact, audio frames garbage
+    flac.write_bytes(bytes(data))
+    df.loc[row, "path"] = "broken.flac"
+    df.to_csv(manifest, index=False)
+    model = save_tiny_ssl("wavlm", tmp_path / "wavlm")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("seed: 1\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
+           "-m", "fusion_ser.cli.main", "train", "-c", str(cfg), "--manifest", str(manifest), "-o", str(tmp_path / "ddp"),
+           "audio_encoder.type=hf", f"audio_encoder.name_or_path={model}", "audio_encoder.finetune=full",
+           "pooling.attention_dim=16", "head.hidden_dim=32", "train.epochs=1", "train.batch_size=1",
+           "train.cache_features=false", "train.report=false", "train.bucketing=false"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "1 clip(s) could not be read" in out and "1 readable clip(s) sat out a step" in out
+    RunDir(tmp_path / "ddp").require_complete()

@@ -492,7 +492,7 @@ def test_resume_is_exact_with_speed_perturbation_and_refit(corpus, ssl_models, t
     from fusion_ser.training.trainer import train_run
 
     cfg = tiny_cfg(ssl_models["wavlm"], "head.dropout=0.3", "data.speed_perturb=[0.9, 1.0, 1.1]",
-                   "train.refit_on_dev=true", "train.epochs=3", "data.max_train_seconds=0.6",
+                   "train.refit_on_dev=true", "train.epochs=3", "data.max_train_seconds=0.6", "optim.ema_decay=0.9",
                    "train.selection_metric=loss")  # dev loss falls every epoch here: the refit runs 3 epochs
     full = train_run(cfg, corpus, tmp_path / "full")
     fits: list = []
@@ -551,3 +551,69 @@ def test_cli_says_when_test_comes_from_the_refit_model(corpus, ssl_models, tmp_p
     best = RunDir(tmp_path / "r").read_metrics()["best_epoch"]
     assert result.output.count("refit epoch") == best
     assert f"test predictions come from a model refit on train+dev for {best} epochs" in result.output
+
+
+def test_weight_ema_matches_numpy_and_restores_raw_weights() -> None:
+    from fusion_ser.training.averaging import WeightEMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    model[1].weight.requires_grad_(False)
+    ema = WeightEMA(model, 0.8)
+    history = []
+    for _ in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(model)
+        history.append({n: p.detach().numpy().copy() for n, p in model.named_parameters()})
+    expected = dict(history[0])
+    for step in history[1:]:
+        expected = {n: 0.8 * expected[n] + 0.2 * step[n] for n in expected}
+    assert sorted(ema.shadow) == ["0.bias", "0.weight", "1.bias"]  # frozen weights are not averaged
+    for n, value in ema.shadow.items():
+        np.testing.assert_allclose(value.numpy(), expected[n], rtol=1e-5, atol=1e-6)
+    raw = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with ema.applied(model):
+        np.testing.assert_allclose(model[0].weight.detach().numpy(), expected["0.weight"], rtol=1e-5, atol=1e-6)
+        assert torch.equal(model[1].weight, raw["1.weight"])
+    assert all(torch.equal(p, raw[n]) for n, p in model.named_parameters())
+
+
+def test_ema_weights_are_the_ones_selected_and_saved(corpus, ssl_models, tmp_path) -> None:
+    """model/ holds the EMA (computed here in numpy from the raw weights after every step) at the best epoch."""
+    from fusion_ser.models import load_model
+    from fusion_ser.training.trainer import Trainer, train_run
+
+    steps: list[dict[str, np.ndarray]] = []
+    ends: dict[int, int] = {}
+
+    class Recorder(Trainer):
+        def _step(self):
+            super()._step()
+            steps.append({n: p.detach().cpu().numpy().copy() for n, p in self.module.named_parameters()
+                          if p.requires_grad})
+
+        def on_epoch_end(self, epoch, row):
+            ends[epoch] = len(steps)
+
+    cfg = tiny_cfg(ssl_models["wavlm"], "audio_encoder.finetune=frozen", "train.cache_features=true",
+                   "optim.lr_head=0.01", "train.epochs=4", "optim.ema_decay=0.7", cache_dir=tmp_path / "cache")
+    run = train_run(cfg, corpus, tmp_path / "run", trainer_cls=Recorder)
+    best = run.read_metrics()["best_epoch"]
+    ema = dict(steps[0])
+    for step in steps[1:ends[best]]:
+        ema = {n: 0.7 * ema[n] + 0.3 * step[n] for n in ema}
+    saved = dict(load_model(run.model_dir)[0].named_parameters())
+    assert ema, "the head has trainable weights"
+    for n, value in ema.items():
+        np.testing.assert_allclose(saved[n].detach().numpy(), value, rtol=1e-4, atol=1e-6)
+    raw = steps[ends[best] - 1]
+    assert any(not np.allclose(raw[n], ema[n]) for n in ema)  # the raw weights were not what got saved
+
+
+def test_ema_decay_out_of_range_is_a_config_error() -> None:
+    from fusion_ser.config import ConfigError
+
+    with pytest.raises(ConfigError, match="optim.ema_decay"):
+        load_config(None, ["optim.ema_decay=1.0"])

@@ -34,16 +34,22 @@ class DistInfo:
         return self.rank == 0
 
 
+def process_group_backend(cuda: bool) -> str:
+    """gloo on CPU; on CUDA nccl for the model's tensors plus gloo for the CPU scalars and objects the trainer
+    reduces and broadcasts (nccl alone rejects CPU tensors)."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
 def init_distributed() -> DistInfo:
-    """Join the torchrun process group (gloo on CPU, nccl on CUDA) when WORLD_SIZE > 1; else a world of one."""
+    """Join the torchrun process group when WORLD_SIZE > 1; else a world of one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        backend = process_group_backend(torch.cuda.is_available())
+        if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         # rank 0 evaluates the whole dev set while the others wait: allow a long wait before a collective times out
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))

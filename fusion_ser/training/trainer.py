@@ -37,6 +37,7 @@ from fusion_ser.errors import FusionSerError
 from fusion_ser.models import ModelOutput, build_model, model_encoders, save_model, set_class_weights
 from fusion_ser.rundir import RunDir, RunInfo, atomic_write_text, attr_pred_columns, manifest_provenance, prob_columns
 from fusion_ser.training import distributed as D
+from fusion_ser.training.averaging import WeightEMA
 from fusion_ser.training.losses import class_weights
 
 logger = logging.getLogger(__name__)
@@ -352,6 +353,7 @@ class Trainer:
         self.module = model.to(device)
         self.model = D.wrap_model(self.module, dist, device)
         self.optimizer = torch.optim.AdamW(param_groups(self.module, cfg), weight_decay=cfg.optim.weight_decay)
+        self.ema = WeightEMA(self.module, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
         self.scheduler: Optional[torch.optim.lr_scheduler.LambdaLR] = None
         self.metric = cfg.train.selection_metric
@@ -479,14 +481,14 @@ class Trainer:
         accum = cfg.train.grad_accum
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, n_utts, skipped = 0.0, 0, 0
+        loss_sum, n_utts, skipped, idle = 0.0, 0, 0, 0
         start, cpu_start = time.perf_counter(), time.process_time()
         self._emit({"event": "epoch_start", "epoch": epoch, "epochs": getattr(self, "epochs_target", cfg.train.epochs),
                     "steps": n_batches})
         for i, batch in enumerate(loader):
             skipped += batch["skipped"]
             last_of_group = (i + 1) % accum == 0 or i + 1 == n_batches
-            if batch["size"]:
+            if self._all_ranks_have_data(batch["size"]):
                 batch = to_device(batch, self.device)
                 sync = last_of_group or not self.dist.enabled or not hasattr(self.model, "no_sync")
                 ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
@@ -497,18 +499,30 @@ class Trainer:
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 loss_sum += float(loss.detach()) * batch["size"]
                 n_utts += batch["size"]
+            elif batch["size"]:
+                idle += batch["size"]
             if last_of_group:
                 self._step()
             if self.progress is not None and (i + 1) % max(1, cfg.train.log_every) == 0:
                 elapsed = time.perf_counter() - start
                 self._emit({"event": "step", "epoch": epoch, "step": i + 1, "steps": n_batches,
                             "loss": loss_sum / max(1, n_utts), "utt_per_s": n_utts / max(elapsed, 1e-9)})
-        loss_sum, n_utts, skipped = D.all_reduce_sum([loss_sum, n_utts, skipped], self.dist)
+        loss_sum, n_utts, skipped, idle = D.all_reduce_sum([loss_sum, n_utts, skipped, idle], self.dist)
         elapsed = time.perf_counter() - start
         if skipped:
             logger.warning("epoch %d: %d clip(s) could not be read and were skipped", epoch, int(skipped))
+        if idle:
+            logger.warning("epoch %d: %d readable clip(s) sat out a step because another rank's whole batch was "
+                           "unreadable (every rank must take part in each gradient all-reduce)", epoch, int(idle))
         return {"loss": loss_sum / max(1.0, n_utts), "utt_per_s": n_utts / max(elapsed, 1e-9),
                 "seconds": elapsed, "cpu_seconds": time.process_time() - cpu_start, "skipped": int(skipped)}
+
+    def _all_ranks_have_data(self, size: int) -> bool:
+        """Whether every rank has clips in this batch. A rank whose batch failed to decode cannot skip alone: the
+        others would wait for its gradients, so under DDP the whole step sits out."""
+        if not self.dist.enabled:
+            return size > 0
+        return D.all_reduce_sum([1.0 if size else 0.0], self.dist)[0] >= self.dist.world_size
 
     def _step(self) -> None:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -523,6 +537,12 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.module)
+
+    def averaged(self) -> contextlib.AbstractContextManager:
+        """The weights to evaluate and keep: the EMA when optim.ema_decay > 0, else the raw ones."""
+        return self.ema.applied(self.module) if self.ema is not None else contextlib.nullcontext()
 
     def _evaluate(self, loader: DataLoader, dataset: EmotionDataset) -> dict[str, Any]:
         """Metrics on the WHOLE dev set (rank 0 evaluates; the figures are broadcast to every rank)."""
@@ -530,7 +550,8 @@ class Trainer:
         if self.dist.is_main:
             from fusion_ser.evaluation.metrics import compute_metrics
 
-            utt_ids, outputs, loss, _ = run_inference(self.module, loader, self.cfg, self.device, self.dtype)
+            with self.averaged():
+                utt_ids, outputs, loss, _ = run_inference(self.module, loader, self.cfg, self.device, self.dtype)
             frame = prediction_frame(dataset.df, self.cfg, self.labels, utt_ids, outputs)
             metrics = compute_metrics(frame, self.info)
             stats = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -556,13 +577,15 @@ class Trainer:
         if self.dist.is_main:
             ckpt.mkdir(parents=True, exist_ok=True)
             if improved:
-                _atomic_save(trainable_state(self.module), ckpt / "best.pt")
+                with self.averaged():
+                    _atomic_save(trainable_state(self.module), ckpt / "best.pt")
             state = {
                 "epoch": self.epoch,
                 "model": trainable_state(self.module),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "best_score": self.best_score,
                 "best_epoch": self.best_epoch,
                 "bad_epochs": self.bad_epochs,
@@ -584,6 +607,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"], self.device)
         self.epoch = state["epoch"]
         self.best_score, self.best_epoch, self.bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
         self.log = list(state["log"])
