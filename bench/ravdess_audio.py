@@ -2,19 +2,21 @@
 
 Folds: actors sorted by name and dealt round-robin (Actor_01 -> fold 0, Actor_02 -> fold 1, ...); fold k is
 test, fold k+1 dev, the rest train. Printed, all on the same folds and the same feature cache:
-  - the trained model (configs/audio_whisper_tiny.yaml) with and without speed perturbation (data.speed_perturb),
-    the refit on train+dev (train.refit_on_dev) and the moving average of the weights (optim.ema_decay);
+  - the trained model (configs/audio_whisper_tiny.yaml) on the last layer or on all layers weighted
+    (audio_encoder.layer_weighting), with and without speed perturbation (data.speed_perturb), the refit on
+    train+dev (train.refit_on_dev) and the moving average of the weights (optim.ema_decay);
   - the plain recipe (frozen Whisper tiny.en, mean+std over frames, standardised, class-balanced logistic
     regression), fit on train only (12 actors) and on train+dev (18 actors, how the 0.684 reference was fit);
   - the quoted references: openSMILE eGeMAPSv02 + linear SVM 0.503, plain recipe 0.684.
 
     python bench/ravdess_audio.py [--data /work/shared/data/ravdess] [--out /tmp/ravdess_bench] [--keep]
-                                  [--variants base,speed,refit,speed_refit,speed_refit_ema] [key=value ...]
+                                  [--variants base,...,layers_speed_refit_ema] [key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
@@ -42,23 +44,28 @@ REFERENCES = {"openSMILE eGeMAPSv02 + linear SVM (quoted)": 0.503,
               "plain recipe, Whisper tiny.en mean+std + LR (quoted)": 0.684}
 SPEEDS = "[0.9, 1.0, 1.1]"
 EMA = "0.995"
+# name -> (description, (all layers, speed perturbation, refit on train+dev, weight EMA))
 VARIANTS = {
-    "base": ("trained, no speed perturbation, no refit",
-             ["data.speed_perturb=[]", "train.refit_on_dev=false", "optim.ema_decay=0.0"]),
-    "speed": ("trained + speed perturbation 0.9/1.0/1.1",
-              [f"data.speed_perturb={SPEEDS}", "train.refit_on_dev=false", "optim.ema_decay=0.0"]),
-    "refit": ("trained + refit on train+dev",
-              ["data.speed_perturb=[]", "train.refit_on_dev=true", "optim.ema_decay=0.0"]),
-    "speed_refit": ("trained + speed perturbation + refit",
-                    [f"data.speed_perturb={SPEEDS}", "train.refit_on_dev=true", "optim.ema_decay=0.0"]),
-    "speed_refit_ema": ("trained + speed perturbation + refit + weight EMA",
-                        [f"data.speed_perturb={SPEEDS}", "train.refit_on_dev=true", f"optim.ema_decay={EMA}"]),
+    "base": ("last layer, no speed perturbation, no refit", (False, False, False, False)),
+    "speed": ("last layer + speed perturbation 0.9/1.0/1.1", (False, True, False, False)),
+    "refit": ("last layer + refit on train+dev", (False, False, True, False)),
+    "speed_refit": ("last layer + speed perturbation + refit", (False, True, True, False)),
+    "speed_refit_ema": ("last layer + speed perturbation + refit + EMA", (False, True, True, True)),
+    "layers": ("all layers weighted, no speed perturbation, no refit", (True, False, False, False)),
+    "layers_speed_refit_ema": ("all layers + speed perturbation + refit + EMA", (True, True, True, True)),
 }
 
 
-def fill_cache(cfg: Config, df: pd.DataFrame, speeds: list[float]) -> tuple[FeatureCache, object, float, int]:
-    """Plain frames of every clip and speed-perturbed copies of every clip (each is a train clip in some fold)."""
-    encoder = build_audio_encoder(cfg.audio_encoder)
+def variant_overrides(settings: tuple[bool, bool, bool, bool]) -> list[str]:
+    layers, speed, refit, ema = settings
+    return [f"audio_encoder.layer_weighting={str(layers).lower()}", f"data.speed_perturb={SPEEDS if speed else '[]'}",
+            f"train.refit_on_dev={str(refit).lower()}", f"optim.ema_decay={EMA if ema else '0.0'}"]
+
+
+def fill_cache(cfg: Config, df: pd.DataFrame, speeds: list[float], layer_weighting: bool
+               ) -> tuple[FeatureCache, object, float, int]:
+    """Frames of every clip and speed-perturbed copies of every clip (each is a train clip in some fold)."""
+    encoder = build_audio_encoder(dataclasses.replace(cfg.audio_encoder, layer_weighting=layer_weighting))
     cache = FeatureCache(cfg.train.cache_dir, sample_rate=cfg.data.sample_rate, min_seconds=cfg.data.min_seconds,
                          max_seconds=cfg.data.max_eval_seconds)
     items = [{"utt_id": r.utt_id, "path": r.path} for r in df.itertuples()]
@@ -103,24 +110,30 @@ def main() -> None:
     print(f"config: {args.config} {' '.join(args.overrides)}  (its own data.speed_perturb={cfg.data.speed_perturb}, "
           f"train.refit_on_dev={cfg.train.refit_on_dev})")
 
-    cache, encoder, cache_s, computed = fill_cache(cfg, df, [0.9, 1.0, 1.1])
+    keys = [v.strip() for v in args.variants.split(",") if v.strip()]
     audio_min = float(sum(audio_duration(p) for p in df["path"])) / 60
-    print(f"feature cache: {computed} entries computed in {cache_s:.0f} s ({len(df)} clips, {audio_min:.1f} min of "
-          "audio, plain + speed 0.9/1.1 copies; 0 computed = already cached)")
+    cache_s = {}
+    for layers in sorted({VARIANTS[k][1][0] for k in keys} | {False}):  # the plain recipe reads the last layer
+        cache, encoder, cache_s[layers], computed = fill_cache(cfg, df, [0.9, 1.0, 1.1], layers)
+        print(f"feature cache ({'all layers, PyTorch' if layers else 'last layer, CTranslate2'}): {computed} entries "
+              f"computed in {cache_s[layers]:.0f} s ({len(df)} clips, {audio_min:.1f} min of audio, plain + speed "
+              "0.9/1.1 copies; 0 computed = already cached)")
+        if not layers:
+            last_cache, last_encoder = cache, encoder
 
     start = time.perf_counter()
     feats = np.stack([np.concatenate([f.mean(0), f.std(0)]) for f in
-                      (cache.get(encoder, {"utt_id": r.utt_id, "path": r.path}).float().numpy()
+                      (last_cache.get(last_encoder, {"utt_id": r.utt_id, "path": r.path}).float().numpy()
                        for r in df.itertuples())])
     plain = plain_recipe(df, feats, n_folds, cfg.seed)
     plain_s = time.perf_counter() - start
 
     figures: dict[str, dict] = {}
-    own = [f"data.speed_perturb={SPEEDS if cfg.data.speed_perturb else '[]'}",
-           f"train.refit_on_dev={str(cfg.train.refit_on_dev).lower()}",
-           f"optim.ema_decay={EMA if cfg.optim.ema_decay else '0.0'}"]
-    for key in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        name, overrides = VARIANTS[key]
+    own = variant_overrides((cfg.audio_encoder.layer_weighting, bool(cfg.data.speed_perturb), cfg.train.refit_on_dev,
+                             cfg.optim.ema_decay > 0))
+    for key in keys:
+        name, settings = VARIANTS[key]
+        overrides = variant_overrides(settings)
         seeds = [int(s) for s in args.seeds.split(",")] if overrides == own else [0]
         all_runs = []
         for seed in seeds:
@@ -143,7 +156,7 @@ def main() -> None:
 
     print(f"\n{'model':58s} {'test macro-F1 (4 folds)':26s} {'dev F1':7s} {'UAR':6s} {'pooled F1':9s} wall")
     for key, f in figures.items():
-        tag = " *" if VARIANTS[key.split("/")[0]][1] == own else ""
+        tag = " *" if variant_overrides(VARIANTS[key.split("/")[0]][1]) == own else ""
         print(f"{f['name'] + tag:58s} {f['mean']:.3f} ± {f['std']:.3f} {fmt_folds(f['per_fold']):11s} "
               f"{f['dev_mean']:.3f}   {f['uar_mean']:.3f}  {f['pooled_f1']:.3f}     {f['wall_s']:.0f} s "
               f"(best epochs {f['best_epochs']})")
@@ -156,7 +169,8 @@ def main() -> None:
     for key, f in figures.items():
         verdict = " and ".join(f"{'beats' if f['mean'] > r else 'does NOT beat'} {r:.3f}" for r in REFERENCES.values())
         print(f"{f['name']}: {verdict}")
-    (out / "figures.json").write_text(json.dumps({"variants": figures, "plain": plain, "cache_s": cache_s,
+    (out / "figures.json").write_text(json.dumps({"variants": figures, "plain": plain,
+                                                  "cache_s": {str(k): v for k, v in cache_s.items()},
                                                   "plain_s": plain_s}, indent=2, default=float))
 
 

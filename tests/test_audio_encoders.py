@@ -200,7 +200,12 @@ def test_load_encoder_errors_name_the_problem(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def whisper():
-    return build_audio_encoder(AudioEncoderConfig(type="ct2_whisper"))
+    return build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layer_weighting=False))
+
+
+@pytest.fixture(scope="session")
+def whisper_layers():
+    return build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layer_weighting=True))
 
 
 def test_ct2_whisper_frames_are_half_the_mel_frames(whisper) -> None:
@@ -233,10 +238,52 @@ def test_ct2_whisper_batch_equals_single_clips_and_cache_id(whisper) -> None:
         np.testing.assert_array_equal(out.features[i, : single.shape[0]].numpy(), single)
     cid = whisper.cache_id()
     assert "default" in cid and whisper.model_path in cid
-    other = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", compute_type="int8"))
+    other = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", compute_type="int8", layer_weighting=False))
     assert other.cache_id() != cid
     with pytest.raises(ConfigError, match="always frozen"):
         build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", finetune="full"))
+
+
+def test_whisper_layers_last_hidden_state_equals_ctranslate2(whisper, whisper_layers) -> None:
+    """The PyTorch copy of the encoder read from the same model.bin reproduces CTranslate2's output, and exposes
+    the hidden state of every layer (tiny.en: 4 layers + the input embedding)."""
+    wav = tone_batch([40000])["wav"][0].numpy() + 0.05 * np.random.default_rng(0).normal(size=40000).astype(np.float32)
+    hidden = whisper_layers.hidden_states(wav)
+    reference = whisper.encode_waveform(wav)
+    assert hidden.shape == (5, *reference.shape) and whisper_layers.layer_weights.shape == (5,)
+    np.testing.assert_allclose(hidden[-1].numpy(), reference, atol=2e-3, rtol=0)
+    assert not torch.allclose(hidden[2], hidden[-1])  # the middle layers are different views
+    assert whisper_layers.is_frozen and whisper_layers.cache_id() != whisper.cache_id()
+
+
+def test_whisper_layers_weighting_is_softmax_sum_and_chunks_past_30_seconds(whisper_layers) -> None:
+    rng = np.random.default_rng(2)
+    long = (0.1 * rng.normal(size=33 * SR)).astype(np.float32)
+    stack = whisper_layers.hidden_states(long)
+    mel_frames = whisper_layers.log_mel(long).shape[1]
+    assert stack.shape == (5, 1500 + (mel_frames - 3000 + 1) // 2, 384)
+    with torch.no_grad():
+        whisper_layers.layer_weights.copy_(torch.tensor([0.0, 1.0, 2.0, -1.0, 0.5]))
+    batch = tone_batch([16000, 9000])
+    out = whisper_layers(batch)
+    w = np.exp([0.0, 1.0, 2.0, -1.0, 0.5])
+    w /= w.sum()
+    for i, n in enumerate([16000, 9000]):
+        single = whisper_layers.hidden_states(batch["wav"][i, :n].numpy()).numpy()
+        expected = np.tensordot(w, single, axes=1)
+        assert int(out.mask[i].sum()) == single.shape[1]
+        np.testing.assert_allclose(out.features[i, : single.shape[1]].detach().numpy(), expected, atol=1e-5)
+    out.features.sum().backward()
+    assert whisper_layers.layer_weights.grad is not None  # the weighting trains; Whisper does not
+    whisper_layers.layer_weights.grad = None
+
+
+def test_whisper_weights_reader_refuses_what_it_cannot_read(tmp_path) -> None:
+    from fusion_ser.encoders.whisper_torch import WhisperEncoderTorch, WhisperWeightsError
+
+    (tmp_path / "model.bin").write_bytes(b"\x06\x00\x00")
+    with pytest.raises(WhisperWeightsError, match="truncated or not a CTranslate2 model.bin"):
+        WhisperEncoderTorch.from_ct2(tmp_path)
 
 
 def test_mel_filters_peak_where_the_mel_scale_says() -> None:

