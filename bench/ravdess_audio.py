@@ -44,22 +44,25 @@ REFERENCES = {"openSMILE eGeMAPSv02 + linear SVM (quoted)": 0.503,
               "plain recipe, Whisper tiny.en mean+std + LR (quoted)": 0.684}
 SPEEDS = "[0.9, 1.0, 1.1]"
 EMA = "0.995"
-# name -> (description, (all layers, speed perturbation, refit on train+dev, weight EMA))
+# name -> (description, (layers: "last" | "weighted" | "concat", speed perturbation, refit on train+dev, weight EMA))
 VARIANTS = {
-    "base": ("last layer, no speed perturbation, no refit", (False, False, False, False)),
-    "speed": ("last layer + speed perturbation 0.9/1.0/1.1", (False, True, False, False)),
-    "refit": ("last layer + refit on train+dev", (False, False, True, False)),
-    "speed_refit": ("last layer + speed perturbation + refit", (False, True, True, False)),
-    "speed_refit_ema": ("last layer + speed perturbation + refit + EMA", (False, True, True, True)),
-    "layers": ("all layers weighted, no speed perturbation, no refit", (True, False, False, False)),
-    "layers_speed_refit_ema": ("all layers + speed perturbation + refit + EMA", (True, True, True, True)),
+    "base": ("last layer, no speed perturbation, no refit", ("last", False, False, False)),
+    "speed": ("last layer + speed perturbation 0.9/1.0/1.1", ("last", True, False, False)),
+    "refit": ("last layer + refit on train+dev", ("last", False, True, False)),
+    "speed_refit": ("last layer + speed perturbation + refit", ("last", True, True, False)),
+    "speed_refit_ema": ("last layer + speed perturbation + refit + EMA", ("last", True, True, True)),
+    "layers": ("layers weighted, no speed perturbation, no refit", ("weighted", False, False, False)),
+    "layers_speed_refit_ema": ("layers weighted + speed perturbation + refit + EMA", ("weighted", True, True, True)),
+    "concat_speed_refit_ema": ("layers concatenated + speed perturbation + refit + EMA", ("concat", True, True, True)),
 }
 
 
-def variant_overrides(settings: tuple[bool, bool, bool, bool]) -> list[str]:
+def variant_overrides(settings: tuple[str, bool, bool, bool]) -> list[str]:
     layers, speed, refit, ema = settings
-    return [f"audio_encoder.layer_weighting={str(layers).lower()}", f"data.speed_perturb={SPEEDS if speed else '[]'}",
-            f"train.refit_on_dev={str(refit).lower()}", f"optim.ema_decay={EMA if ema else '0.0'}"]
+    stack = [f"audio_encoder.layer_combine={layers}"] if layers != "last" else []
+    return [f"audio_encoder.layer_weighting={str(layers != 'last').lower()}", *stack,
+            f"data.speed_perturb={SPEEDS if speed else '[]'}", f"train.refit_on_dev={str(refit).lower()}",
+            f"optim.ema_decay={EMA if ema else '0.0'}"]
 
 
 def fill_cache(cfg: Config, df: pd.DataFrame, speeds: list[float], layer_weighting: bool
@@ -73,6 +76,15 @@ def fill_cache(cfg: Config, df: pd.DataFrame, speeds: list[float], layer_weighti
     start = time.perf_counter()
     report = cache.ensure(encoder, items)
     return cache, encoder, time.perf_counter() - start, report.computed
+
+
+def pooled_statistics(df: pd.DataFrame, cache: FeatureCache, encoder) -> np.ndarray:
+    """Mean and std over frames of every clip, of each cached layer side by side ((T, D) or (L+1, T, D) frames)."""
+    rows = []
+    for r in df.itertuples():
+        f = cache.get(encoder, {"utt_id": r.utt_id, "path": r.path}).float().numpy()
+        rows.append(np.concatenate([f.mean(-2).ravel(), f.std(-2).ravel()]))
+    return np.stack(rows)
 
 
 def plain_recipe(df: pd.DataFrame, feats: np.ndarray, n_folds: int, seed: int) -> dict[str, list[float]]:
@@ -112,25 +124,24 @@ def main() -> None:
 
     keys = [v.strip() for v in args.variants.split(",") if v.strip()]
     audio_min = float(sum(audio_duration(p) for p in df["path"])) / 60
-    cache_s = {}
-    for layers in sorted({VARIANTS[k][1][0] for k in keys} | {False}):  # the plain recipe reads the last layer
+    cache_s, encoders = {}, {}
+    for layers in sorted({VARIANTS[k][1][0] != "last" for k in keys} | {False}):  # the plain recipe: last layer
         cache, encoder, cache_s[layers], computed = fill_cache(cfg, df, [0.9, 1.0, 1.1], layers)
         print(f"feature cache ({'all layers, PyTorch' if layers else 'last layer, CTranslate2'}): {computed} entries "
               f"computed in {cache_s[layers]:.0f} s ({len(df)} clips, {audio_min:.1f} min of audio, plain + speed "
               "0.9/1.1 copies; 0 computed = already cached)")
-        if not layers:
-            last_cache, last_encoder = cache, encoder
+        encoders[layers] = (cache, encoder)
 
     start = time.perf_counter()
-    feats = np.stack([np.concatenate([f.mean(0), f.std(0)]) for f in
-                      (last_cache.get(last_encoder, {"utt_id": r.utt_id, "path": r.path}).float().numpy()
-                       for r in df.itertuples())])
-    plain = plain_recipe(df, feats, n_folds, cfg.seed)
+    plain = plain_recipe(df, pooled_statistics(df, *encoders[False]), n_folds, cfg.seed)
+    if True in encoders:  # the same recipe on every layer's statistics side by side: what a head must beat there
+        stacked = plain_recipe(df, pooled_statistics(df, *encoders[True]), n_folds, cfg.seed)
+        plain.update({f"{k}, all layers": v for k, v in stacked.items()})
     plain_s = time.perf_counter() - start
 
     figures: dict[str, dict] = {}
-    own = variant_overrides((cfg.audio_encoder.layer_weighting, bool(cfg.data.speed_perturb), cfg.train.refit_on_dev,
-                             cfg.optim.ema_decay > 0))
+    layers = cfg.audio_encoder.layer_combine if cfg.audio_encoder.layer_weighting else "last"
+    own = variant_overrides((layers, bool(cfg.data.speed_perturb), cfg.train.refit_on_dev, cfg.optim.ema_decay > 0))
     for key in keys:
         name, settings = VARIANTS[key]
         overrides = variant_overrides(settings)

@@ -54,6 +54,7 @@ class AudioEncoderConfig:
     trainable_layers: int = 0  # with finetune=top_n
     freeze_feature_encoder: bool = True  # the CNN front end of SSL models
     layer_weighting: bool = True  # learned softmax-weighted sum of hidden states; False: last layer
+    layer_combine: str = "weighted"  # with layer_weighting: weighted (learned softmax sum) | concat (side by side)
     gradient_checkpointing: bool = False
     compute_type: str = "default"  # CTranslate2 compute type
     threads: int = 1  # CTranslate2 CPU threads per encode call (0: torch's thread count); 1 is fastest on a shared CPU
@@ -166,6 +167,7 @@ class Config:
         _choice("modality", self.modality, ["audio", "text", "both"])
         _choice("audio_encoder.type", self.audio_encoder.type, ["hf", "ct2_whisper", "fbank"])
         _choice("audio_encoder.finetune", self.audio_encoder.finetune, ["frozen", "full", "top_n"])
+        _choice("audio_encoder.layer_combine", self.audio_encoder.layer_combine, ["weighted", "concat"])
         _choice("text_encoder.finetune", self.text_encoder.finetune, ["lora", "full", "frozen"])
         _choice("text_encoder.pooling", self.text_encoder.pooling, ["auto", "cls", "mean", "last"])
         _choice("pooling.type", self.pooling.type, ["attentive_stats", "mean", "mean_std"])

@@ -114,6 +114,9 @@ def test_layer_weighting_is_softmax_weighted_sum_of_hidden_states(tiny_models: d
     last = hf(tiny_models["hubert"], layer_weighting=False).eval()
     assert last.layer_weights is None
     torch.testing.assert_close(last(batch).features, hidden[-1], atol=1e-5, rtol=1e-5)
+    concat = hf(tiny_models["hubert"], layer_weighting=True, layer_combine="concat").eval()
+    assert concat.layer_weights is None and concat.output_dim == 3 * last.output_dim
+    torch.testing.assert_close(concat(batch).features, torch.cat(hidden, dim=-1), atol=1e-5, rtol=1e-5)
 
 
 def test_cached_hidden_state_stack_reproduces_the_forward(tiny_models: dict) -> None:
@@ -276,6 +279,23 @@ def test_whisper_layers_weighting_is_softmax_sum_and_chunks_past_30_seconds(whis
     out.features.sum().backward()
     assert whisper_layers.layer_weights.grad is not None  # the weighting trains; Whisper does not
     whisper_layers.layer_weights.grad = None
+
+
+def test_whisper_layers_concat_puts_every_layer_side_by_side(whisper_layers) -> None:
+    concat = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layer_weighting=True, layer_combine="concat"))
+    assert concat.layer_weights is None and concat.output_dim == 5 * 384 and concat.is_frozen
+    assert not any(p.requires_grad for p in concat.parameters())
+    assert concat.cache_id() == whisper_layers.cache_id()  # the same cached stack serves both combinations
+    batch = tone_batch([16000, 9000])
+    out = concat(batch)
+    for i, n in enumerate([16000, 9000]):
+        stack = whisper_layers.hidden_states(batch["wav"][i, :n].numpy()).numpy()  # (5, T, 384)
+        expected = np.concatenate(list(stack), axis=-1)  # frame t: layer 0 dims, then layer 1 dims, ...
+        np.testing.assert_allclose(out.features[i, : stack.shape[1]].numpy(), expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="layer_combine"):
+        from fusion_ser.config import load_config
+
+        load_config(None, ["audio_encoder.layer_combine=sum"])
 
 
 def test_whisper_weights_reader_refuses_what_it_cannot_read(tmp_path) -> None:

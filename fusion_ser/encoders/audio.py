@@ -54,6 +54,19 @@ def pad_frames(frames: list[torch.Tensor]) -> EncoderOutput:
     return EncoderOutput(features=out, mask=mask)
 
 
+def combine_layers(features: torch.Tensor, weights: Optional[torch.Tensor], mode: str) -> torch.Tensor:
+    """(B, L+1, T, D) hidden-state stack -> (B, T, D') frames: the softmax(weights)-weighted sum (D' = D), or with
+    mode "concat" the layers side by side (D' = (L+1) D, so pooled statistics hold every layer's); (B, T, D) passes."""
+    if features.dim() == 3:
+        return features
+    if mode == "concat":
+        b, layers, t, d = features.shape
+        return features.permute(0, 2, 1, 3).reshape(b, t, layers * d)
+    if weights is None:
+        raise AudioEncoderError("a stack of hidden states needs layer weights to be combined with mode 'weighted'")
+    return torch.einsum("l,bltd->btd", torch.softmax(weights, dim=0).to(features.dtype), features)
+
+
 def cached_output(batch: dict[str, Any]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     """(features as float32, mask) from the batch's cached audio keys, or None when the batch holds raw audio."""
     if "cached_audio" not in batch:

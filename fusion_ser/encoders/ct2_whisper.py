@@ -7,7 +7,8 @@ frames are concatenated. The default model is Whisper tiny.en from the PyPI pack
 
 With `audio_encoder.layer_weighting`, every hidden state is needed and CTranslate2 returns only the last: the same
 model.bin is then run by a PyTorch copy of the encoder (`whisper_torch.py`), the (L+1, T, D) stack is what the feature
-cache stores, and a learned softmax weighting over layers (trained at the head's rate) gives the frames.
+cache stores, and a learned softmax weighting over layers (trained at the head's rate) or, with
+`layer_combine: concat`, the layers side by side give the frames.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from torch import nn
 
 from fusion_ser.config import AudioEncoderConfig
 from fusion_ser.device import resolve_device
-from fusion_ser.encoders.audio import AudioEncoder, AudioEncoderError, cached_output, pad_frames, split_batch_audio
+from fusion_ser.encoders.audio import (AudioEncoder, AudioEncoderError, cached_output, combine_layers, pad_frames,
+                                      split_batch_audio)
 from fusion_ser.encoders.base import EncoderOutput
 from fusion_ser.encoders.whisper_torch import WhisperEncoderTorch, encoder_layer_count
 from fusion_ser.packaged import packaged_model_path
@@ -69,9 +71,12 @@ class CT2WhisperEncoder(AudioEncoder):
         self._extractor: Any = None
         self._dim: Optional[int] = None
         self._torch: Optional[WhisperEncoderTorch] = None
+        self.stack_layers = bool(cfg.layer_weighting)
+        self.num_layers = encoder_layer_count(self.model_path) if self.stack_layers else 0
         self.layer_weights: Optional[nn.Parameter] = None
-        if cfg.layer_weighting:
-            self.layer_weights = nn.Parameter(torch.zeros(encoder_layer_count(self.model_path) + 1))
+        if self.stack_layers and cfg.layer_combine == "weighted":
+            self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1))
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # follows .to(device) for the PyTorch copy
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -90,8 +95,7 @@ class CT2WhisperEncoder(AudioEncoder):
         """The PyTorch copy of the encoder that yields every layer, loaded on first use on the weights' device."""
         if self._torch is None:
             self._torch = WhisperEncoderTorch.from_ct2(self.model_path)
-        device = self.layer_weights.device if self.layer_weights is not None else torch.device("cpu")
-        return self._torch.to(device)
+        return self._torch.to(self._anchor.device)
 
     @property
     def model(self) -> Any:
@@ -122,11 +126,13 @@ class CT2WhisperEncoder(AudioEncoder):
     def output_dim(self) -> int:
         if self._dim is None:
             self._dim = int(self.encode_waveform(np.zeros(SAMPLE_RATE // 10, dtype=np.float32)).shape[-1])
+        if self.stack_layers and self.config.layer_combine == "concat":
+            return self._dim * (self.num_layers + 1)
         return self._dim
 
     def cache_id(self) -> Optional[str]:
         base = f"ct2_whisper|{Path(self.model_path).resolve()}|{model_hash(self.model_path)}"
-        if self.layer_weights is not None:  # the PyTorch path in float32: CTranslate2's compute type plays no part
+        if self.stack_layers:  # the PyTorch path in float32: CTranslate2's compute type plays no part
             return base + "|stack=all_layers"
         return f"{base}|{self.compute_type}"
 
@@ -163,16 +169,13 @@ class CT2WhisperEncoder(AudioEncoder):
         return torch.cat(chunks, dim=1).float().cpu()
 
     def _frames(self, wav: np.ndarray) -> torch.Tensor:
-        if self.layer_weights is not None:
+        if self.stack_layers:
             return self.hidden_states(wav)
         return torch.from_numpy(self.encode_waveform(wav))
 
     def _combine(self, features: torch.Tensor) -> torch.Tensor:
-        """Softmax-weighted sum over the layer axis of a (B, L+1, T, D) stack; (B, T, D) passes through."""
-        if self.layer_weights is None:
-            return features
-        w = torch.softmax(self.layer_weights, dim=0).to(features.dtype)
-        return torch.einsum("l,bltd->btd", w, features)
+        """(B, L+1, T, D) stack -> (B, T, D') frames as audio_encoder.layer_combine says; (B, T, D) passes through."""
+        return combine_layers(features, self.layer_weights, self.config.layer_combine)
 
     def encode_for_cache(self, sample: dict[str, Any]) -> torch.Tensor:
         wav = sample["wav"]

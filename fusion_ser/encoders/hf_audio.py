@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from fusion_ser.config import AudioEncoderConfig, ConfigError
-from fusion_ser.encoders.audio import AudioEncoder, AudioEncoderError, cached_output, split_batch_audio
+from fusion_ser.encoders.audio import (AudioEncoder, AudioEncoderError, cached_output, combine_layers,
+                                      split_batch_audio)
 from fusion_ser.encoders.base import EncoderOutput
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,9 @@ class HFAudioEncoder(AudioEncoder):
         self.do_normalize = bool(getattr(self.extractor, "do_normalize", True))
         self.num_layers = int(mcfg.num_hidden_layers)
         self._dim = int(mcfg.hidden_size)
-        self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1)) if cfg.layer_weighting else None
+        self.stack_layers = bool(cfg.layer_weighting)
+        weighted = cfg.layer_weighting and cfg.layer_combine == "weighted"
+        self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1)) if weighted else None
         if cfg.layer_weighting and getattr(mcfg, "layerdrop", 0.0):
             # LayerDrop skips layers in training, which drops their hidden states and breaks the weighted sum.
             log.info("layer weighting: turning off LayerDrop (%.2f) of %s", mcfg.layerdrop, cfg.name_or_path)
@@ -112,6 +115,8 @@ class HFAudioEncoder(AudioEncoder):
 
     @property
     def output_dim(self) -> int:
+        if self.stack_layers and self.config.layer_combine == "concat":
+            return self._dim * (self.num_layers + 1)
         return self._dim
 
     @property
@@ -160,8 +165,8 @@ class HFAudioEncoder(AudioEncoder):
     def _hidden(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L+1, T, D) stack of hidden states when layer weighting, else (B, T, D); and the (B, T) frame mask."""
         inputs, in_lengths = self._inputs(wav, lengths)
-        out = self.backbone(**inputs, output_hidden_states=self.layer_weights is not None)
-        if self.layer_weights is not None:
+        out = self.backbone(**inputs, output_hidden_states=self.stack_layers)
+        if self.stack_layers:
             features = torch.stack(out.hidden_states, dim=1)
         else:
             features = out.last_hidden_state
@@ -171,11 +176,8 @@ class HFAudioEncoder(AudioEncoder):
         return features, mask
 
     def _combine(self, features: torch.Tensor) -> torch.Tensor:
-        """Softmax-weighted sum over the layer axis of a (B, L+1, T, D) stack; (B, T, D) passes through."""
-        if self.layer_weights is None:
-            return features
-        w = torch.softmax(self.layer_weights, dim=0).to(features.dtype)
-        return torch.einsum("l,bltd->btd", w, features)
+        """(B, L+1, T, D) stack -> (B, T, D') frames as audio_encoder.layer_combine says; (B, T, D) passes through."""
+        return combine_layers(features, self.layer_weights, self.config.layer_combine)
 
     def encode_for_cache(self, sample: dict[str, Any]) -> torch.Tensor:
         wav = torch.as_tensor(np.asarray(sample["wav"], dtype=np.float32))[None]
