@@ -4,15 +4,37 @@ close to the single-process run with the same effective batch."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from fusion_ser.rundir import RunDir
 from tests.test_trainer import make_corpus, save_tiny_ssl
+
+
+def _run_torchrun(cmd: list[str], env: dict, timeout: float, log_dir: Path) -> subprocess.CompletedProcess:
+    """Run torchrun; on a hang, SIGTERM it (its agent then stops the workers, which live in their own sessions) and
+    fail, so that a hung test leaves no orphan processes. Output goes to files: a stuck worker cannot block a pipe."""
+    out_path, err_path = log_dir / "torchrun.out", log_dir / "torchrun.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise AssertionError(f"torchrun did not finish in {timeout} s (hung?):\n"
+                                 f"{out_path.read_text()[-2000:]}\n{err_path.read_text()[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out_path.read_text(), err_path.read_text())
 
 
 def _free_port() -> int:
@@ -38,7 +60,7 @@ def test_torchrun_two_processes_gloo(tmp_path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
            "-m", "fusion_ser.cli.main", "train", "-c", str(cfg), "--manifest", str(manifest), "-o", str(tmp_path / "ddp"),
            *common, "train.batch_size=4"]  # 2 ranks x 4 = the single run's batch of 8
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = _run_torchrun(cmd, env, timeout=300, log_dir=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("run written to") == 1  # only rank 0 reports
 
@@ -86,7 +108,7 @@ def test_a_rank_whose_whole_batch_is_unreadable_does_not_hang_the_others(tmp_pat
            "audio_encoder.type=hf", f"audio_encoder.name_or_path={model}", "audio_encoder.finetune=full",
            "pooling.attention_dim=16", "head.hidden_dim=32", "train.epochs=1", "train.batch_size=1",
            "train.cache_features=false", "train.report=false", "train.bucketing=false"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    proc = _run_torchrun(cmd, env, timeout=240, log_dir=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert "1 clip(s) could not be read" in out and "1 readable clip(s) sat out a step" in out
