@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -54,6 +54,12 @@ def model_hash(path: str) -> str:
                 h.update(chunk)
         _MODEL_HASHES[key] = h.hexdigest()
     return _MODEL_HASHES[key]
+
+
+def mel_chunks(mel: np.ndarray) -> Iterator[np.ndarray]:
+    """(1, n_mels, <=3000) contiguous float32 slices of (n_mels, frames) log-mel: Whisper's 30 s windows."""
+    for start in range(0, mel.shape[1], MAX_MEL_FRAMES):
+        yield np.ascontiguousarray(mel[None, :, start : start + MAX_MEL_FRAMES], dtype=np.float32)
 
 
 class CT2WhisperEncoder(AudioEncoder):
@@ -119,13 +125,18 @@ class CT2WhisperEncoder(AudioEncoder):
         if self._extractor is None:
             from faster_whisper.feature_extractor import FeatureExtractor
 
-            self._extractor = FeatureExtractor(feature_size=self.model.n_mels, sampling_rate=SAMPLE_RATE)
+            # the all-layers path never needs the CTranslate2 model: its mel size and width come from the PyTorch copy
+            n_mels = self.torch_encoder.conv1.in_channels if self.stack_layers else self.model.n_mels
+            self._extractor = FeatureExtractor(feature_size=n_mels, sampling_rate=SAMPLE_RATE)
         return self._extractor
 
     @property
     def output_dim(self) -> int:
         if self._dim is None:
-            self._dim = int(self.encode_waveform(np.zeros(SAMPLE_RATE // 10, dtype=np.float32)).shape[-1])
+            if self.stack_layers:
+                self._dim = int(self.torch_encoder.conv1.out_channels)
+            else:
+                self._dim = int(self.encode_waveform(np.zeros(SAMPLE_RATE // 10, dtype=np.float32)).shape[-1])
         if self.stack_layers and self.config.layer_combine == "concat":
             return self._dim * (self.num_layers + 1)
         return self._dim
@@ -145,8 +156,7 @@ class CT2WhisperEncoder(AudioEncoder):
         import ctranslate2
 
         outputs = []
-        for start in range(0, mel.shape[1], MAX_MEL_FRAMES):
-            chunk = np.ascontiguousarray(mel[None, :, start : start + MAX_MEL_FRAMES], dtype=np.float32)
+        for chunk in mel_chunks(mel):
             out = self.model.encode(ctranslate2.StorageView.from_array(chunk), to_cpu=True)
             outputs.append(np.asarray(out)[0])
         return np.concatenate(outputs, axis=0)
@@ -160,13 +170,9 @@ class CT2WhisperEncoder(AudioEncoder):
         mel = self.log_mel(wav)
         enc = self.torch_encoder
         device = enc.positions.device
-        chunks = []
         with torch.no_grad():
-            for start in range(0, mel.shape[1], MAX_MEL_FRAMES):
-                chunk = torch.from_numpy(np.ascontiguousarray(mel[None, :, start : start + MAX_MEL_FRAMES],
-                                                              dtype=np.float32)).to(device)
-                chunks.append(torch.stack(enc(chunk), dim=1)[0])
-        return torch.cat(chunks, dim=1).float().cpu()
+            chunks = [torch.stack(enc(torch.from_numpy(c).to(device)), dim=1)[0] for c in mel_chunks(mel)]
+        return torch.cat(chunks, dim=1).cpu()
 
     def _frames(self, wav: np.ndarray) -> torch.Tensor:
         if self.stack_layers:

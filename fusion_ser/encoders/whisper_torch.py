@@ -32,7 +32,7 @@ class WhisperWeightsError(FusionSerError):
 def read_ct2_variables(model_bin: str | Path, prefix: str = "encoder/", *, names_only: bool = False
                        ) -> dict[str, np.ndarray]:
     """The variables of a CTranslate2 model.bin whose names start with `prefix` (others are skipped unread); with
-    names_only, their names mapped to empty arrays of their shape, without reading any data."""
+    names_only, just their names (each mapped to an empty placeholder array), without reading any data."""
     path = Path(model_bin)
     out: dict[str, np.ndarray] = {}
     with open(path, "rb") as f:
