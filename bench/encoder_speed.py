@@ -28,7 +28,7 @@ from sklearn.preprocessing import StandardScaler
 from fusion_ser.config import AudioEncoderConfig
 from fusion_ser.data.audio import load_audio
 from fusion_ser.encoders.audio import build_audio_encoder
-from fusion_ser.training.cache import FeatureCache
+from fusion_ser.data.feature_cache import FeatureCache
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     df["path"] = [str(root / p) for p in df["path"]]
     df["utt_id"] = [Path(p).stem for p in df["path"]]
     encoder = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", compute_type=args.compute_type,
-                                                    threads=args.threads, layer_weighting=False))
+                                                    threads=args.threads, layers="last"))
     print(f"model: {encoder.model_path}  compute_type: {args.compute_type}  threads: {args.threads}  "
           f"output_dim: {encoder.output_dim}  load average: {os.getloadavg()[0]:.1f}")
 
@@ -60,7 +60,7 @@ def main() -> None:
     t2 = time.perf_counter()
     print(f"RTF on {len(wavs)} clips ({audio_s:.1f} s audio): log-mel {audio_s / (t1 - t0):.0f}x, "
           f"encoder {audio_s / (t2 - t1):.0f}x, total {audio_s / (t2 - t0):.0f}x real time")
-    layers = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layer_weighting=True))
+    layers = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="weighted"))
     layers.hidden_states(wavs[0])  # load the PyTorch copy outside the timing
     t3 = time.perf_counter()
     for w in wavs:

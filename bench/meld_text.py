@@ -30,7 +30,8 @@ from fusion_ser.data.manifest import write_manifest
 from fusion_ser.device import seed_everything
 from fusion_ser.encoders.text import build_text_encoder
 from fusion_ser.rundir import RunDir
-from fusion_ser.training.trainer import train_run
+from fusion_ser.training.events import EpochEnded
+from fusion_ser.training.job import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,12 +67,12 @@ def reference(train: pd.DataFrame, dev: pd.DataFrame, seed: int) -> tuple[dict, 
     return best, time.perf_counter() - t0, best_c
 
 
-def report_epoch(event: dict) -> None:
+def report_epoch(event: object) -> None:
     """Print one line per finished epoch of the trainer (the bench's only progress output)."""
-    if event.get("event") == "epoch_end":
-        print(f"  epoch {event['epoch']}/{event['epochs']}: train loss {event['train_loss']:.4f}, "
-              f"{event['utt_per_s']:.1f} utt/s, dev {event['metric']} {event['dev']:.4f}"
-              f"{' (best)' if event['best'] else ''}", flush=True)
+    if isinstance(event, EpochEnded) and not event.refit:
+        print(f"  epoch {event.epoch}/{event.epochs}: train loss {event.train_loss:.4f}, "
+              f"{event.utt_per_s:.1f} utt/s, dev {event.metric} {event.dev:.4f}"
+              f"{' (best)' if event.best else ''}", flush=True)
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 Folds: actors sorted by name and dealt round-robin (Actor_01 -> fold 0, Actor_02 -> fold 1, ...); fold k is
 test, fold k+1 dev, the rest train. Printed, all on the same folds and the same feature cache:
-  - the trained model (configs/audio_whisper_tiny.yaml) on the last layer or on all layers weighted
-    (audio_encoder.layer_weighting), with and without speed perturbation (data.speed_perturb), the refit on
+  - the trained model (configs/audio_whisper_tiny.yaml) on the last layer or on all layers weighted or side by side
+    (audio_encoder.layers), with and without speed perturbation (data.speed_perturb), the refit on
     train+dev (train.refit_on_dev) and the moving average of the weights (optim.ema_decay);
   - the plain recipe (frozen Whisper tiny.en, mean+std over frames, standardised, class-balanced logistic
     regression), fit on train only (12 actors) and on train+dev (18 actors, how the 0.684 reference was fit);
@@ -35,8 +35,8 @@ from fusion_ser.data.folds import apply_fold
 from fusion_ser.data.manifest import read_manifest
 from fusion_ser.encoders.audio import build_audio_encoder
 from fusion_ser.rundir import RunDir
-from fusion_ser.training.cache import FeatureCache
-from fusion_ser.training.trainer import train_cv
+from fusion_ser.data.feature_cache import FeatureCache
+from fusion_ser.training.job import train_cv
 
 from ravdess_folds import ravdess_manifest
 
@@ -59,16 +59,16 @@ VARIANTS = {
 
 def variant_overrides(settings: tuple[str, bool, bool, bool]) -> list[str]:
     layers, speed, refit, ema = settings
-    stack = [f"audio_encoder.layer_combine={layers}"] if layers != "last" else []
-    return [f"audio_encoder.layer_weighting={str(layers != 'last').lower()}", *stack,
+    return [f"audio_encoder.layers={layers}",
             f"data.speed_perturb={SPEEDS if speed else '[]'}", f"train.refit_on_dev={str(refit).lower()}",
             f"optim.ema_decay={EMA if ema else '0.0'}"]
 
 
-def fill_cache(cfg: Config, df: pd.DataFrame, speeds: list[float], layer_weighting: bool
+def fill_cache(cfg: Config, df: pd.DataFrame, speeds: list[float], all_layers: bool
                ) -> tuple[FeatureCache, object, float, int]:
     """Frames of every clip and speed-perturbed copies of every clip (each is a train clip in some fold)."""
-    encoder = build_audio_encoder(dataclasses.replace(cfg.audio_encoder, layer_weighting=layer_weighting))
+    stacked = cfg.audio_encoder.layers if cfg.audio_encoder.layers != "last" else "weighted"
+    encoder = build_audio_encoder(dataclasses.replace(cfg.audio_encoder, layers=stacked if all_layers else "last"))
     cache = FeatureCache(cfg.train.cache_dir, sample_rate=cfg.data.sample_rate, min_seconds=cfg.data.min_seconds,
                          max_seconds=cfg.data.max_eval_seconds)
     items = [{"utt_id": r.utt_id, "path": r.path} for r in df.itertuples()]
@@ -140,8 +140,8 @@ def main() -> None:
     plain_s = time.perf_counter() - start
 
     figures: dict[str, dict] = {}
-    layers = cfg.audio_encoder.layer_combine if cfg.audio_encoder.layer_weighting else "last"
-    own = variant_overrides((layers, bool(cfg.data.speed_perturb), cfg.train.refit_on_dev, cfg.optim.ema_decay > 0))
+    own = variant_overrides((cfg.audio_encoder.layers, bool(cfg.data.speed_perturb), cfg.train.refit_on_dev,
+                             cfg.optim.ema_decay > 0))
     for key in keys:
         name, settings = VARIANTS[key]
         overrides = variant_overrides(settings)

@@ -26,7 +26,7 @@ from fusion_ser.config import Config, load_config
 from fusion_ser.fusion.ensemble import ensemble_runs
 from fusion_ser.fusion.late import late_fuse
 from fusion_ser.rundir import RunDir
-from fusion_ser.training.trainer import train_run
+from fusion_ser.training.job import train_run
 
 from ravdess_folds import N_FOLDS, ravdess_manifest
 

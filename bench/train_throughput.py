@@ -18,7 +18,7 @@ import torch
 from fusion_ser.config import load_config
 from fusion_ser.data.manifest import write_manifest
 from fusion_ser.data.sampler import BucketBatchSampler
-from fusion_ser.training.trainer import train_run
+from fusion_ser.training.job import train_run
 
 
 def subset_manifest(data: Path, out: Path, train_actors: int, dev_actors: int) -> tuple[Path, np.ndarray]:
@@ -103,7 +103,7 @@ def main() -> None:
 
     manifest, durations = subset_manifest(data, out, train_actors=2, dev_actors=1)
     print(f"frozen Whisper tiny.en (CTranslate2) + attentive stats head, {len(durations)} train clips, batch {bs}")
-    base = ["audio_encoder.type=ct2_whisper", "audio_encoder.finetune=frozen", "audio_encoder.layer_weighting=false", f"train.batch_size={bs}",
+    base = ["audio_encoder.type=ct2_whisper", "audio_encoder.finetune=frozen", "audio_encoder.layers=last", f"train.batch_size={bs}",
             f"train.cache_dir={out / 'cache'}", "train.report=false"]
     cfg = load_config(None, base + [f"train.epochs={args.epochs}", "train.cache_features=false"])
     train_run(cfg, manifest, out / "frozen_nocache")

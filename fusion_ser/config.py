@@ -1,26 +1,31 @@
 """Typed experiment configuration: dataclasses loaded from YAML, dotted overrides, strict keys.
 
 A config is the whole recipe of a run. Unknown or mistyped keys are errors that name the key and the closest
-valid one, so a typo never silently falls back to a default.
+valid one, so a typo never silently falls back to a default. An option with a fixed set of choices is typed
+`Literal[...]`: that type is the one declaration of its choices, checked when loading and by `Config.validate`, and
+read by `choices()` (e.g. for the CLI's click.Choice lists). Keys of older versions are mapped to their
+replacements by `upgrade_legacy_keys`, so configs and run directories written before still load.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import logging
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from fusion_ser.data.schema import ATTRIBUTES, SAMPLE_RATE
 from fusion_ser.errors import FusionSerError
 
-CATEGORICAL_LABELS = ["anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
-ATTRIBUTES = ["arousal", "valence", "dominance"]
+log = logging.getLogger(__name__)
 
 
 class ConfigError(FusionSerError):
@@ -37,7 +42,7 @@ class DataConfig:
     attribute_range: list[float] = field(default_factory=lambda: [1.0, 7.0])
     keep_no_agreement: bool = False  # keep no_agreement rows in training (soft labels only)
     fold: Optional[int] = None  # with a `fold` column: fold k is test, fold k+1 (mod K) is dev, the rest train
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     max_train_seconds: float = 15.0  # random crop of longer clips, training only
     max_eval_seconds: float = 60.0  # longer clips are evaluated in their first N seconds
     min_seconds: float = 0.1
@@ -48,13 +53,14 @@ class DataConfig:
 class AudioEncoderConfig:
     """Audio encoder: Hugging Face SSL model, CTranslate2 Whisper encoder, or log-mel + small CNN."""
 
-    type: str = "ct2_whisper"  # hf | ct2_whisper | fbank
+    type: Literal["hf", "ct2_whisper", "fbank"] = "ct2_whisper"
     name_or_path: Optional[str] = None  # None: the offline default of the type
-    finetune: str = "frozen"  # frozen | full | top_n
+    finetune: Literal["frozen", "full", "top_n"] = "frozen"
     trainable_layers: int = 0  # with finetune=top_n
     freeze_feature_encoder: bool = True  # the CNN front end of SSL models
-    layer_weighting: bool = True  # learned softmax-weighted sum of hidden states; False: last layer
-    layer_combine: str = "weighted"  # with layer_weighting: weighted (learned softmax sum) | concat (side by side)
+    # last: the encoder's last layer only | weighted: learned softmax-weighted sum of all hidden states |
+    # concat: all hidden states side by side
+    layers: Literal["last", "weighted", "concat"] = "weighted"
     gradient_checkpointing: bool = False
     compute_type: str = "default"  # CTranslate2 compute type
     threads: int = 1  # CTranslate2 CPU threads per encode call (0: torch's thread count); 1 is fastest on a shared CPU
@@ -75,17 +81,18 @@ class TextEncoderConfig:
     """Text encoder: any Hugging Face encoder or decoder LLM, frozen, full fine-tuned, or LoRA."""
 
     name_or_path: Optional[str] = None  # None: packaged all-MiniLM-L6-v2
-    finetune: str = "lora"  # lora | full | frozen
-    pooling: str = "auto"  # auto | cls | mean | last (auto: mean for encoders, last for decoders)
+    finetune: Literal["lora", "full", "frozen"] = "lora"
+    pooling: Literal["auto", "cls", "mean", "last"] = "auto"  # auto: mean for encoders, last for decoders
     max_length: int = 128
     gradient_checkpointing: bool = False
-    base_dtype: str = "fp32"  # fp32 | bf16 | fp16: dtype the base weights load in (bf16 halves a 7B LLM; LoRA stays fp32)
+    # the dtype the base weights load in (bf16 halves a 7B LLM; LoRA stays fp32)
+    base_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
 class PoolingConfig:
-    type: str = "attentive_stats"  # attentive_stats | mean | mean_std
+    type: Literal["attentive_stats", "mean", "mean_std"] = "attentive_stats"
     attention_dim: int = 128
 
 
@@ -102,7 +109,7 @@ class HeadConfig:
 
 @dataclass
 class LossConfig:
-    type: str = "weighted_ce"  # ce | weighted_ce | focal | soft_ce   (attributes always use 1-CCC)
+    type: Literal["ce", "weighted_ce", "focal", "soft_ce"] = "weighted_ce"  # attributes always use 1-CCC
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0
 
@@ -113,7 +120,7 @@ class OptimConfig:
     lr_head: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    schedule: str = "linear"  # linear | cosine | constant
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # > 0: evaluate, select and save an exponential moving average of the weights
 
@@ -124,7 +131,7 @@ class TrainConfig:
     batch_size: int = 32
     grad_accum: int = 1  # effective batch = batch_size * grad_accum * world size
     bucketing: bool = True  # length-bucketed batches
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     early_stopping: int = 0  # epochs without dev improvement before stopping; 0: off
     selection_metric: str = "auto"  # auto: macro_f1 (categorical) / ccc_mean (attributes)
@@ -149,8 +156,8 @@ class FusionModelConfig:
 @dataclass
 class Config:
     seed: int = 0
-    task: str = "categorical"  # categorical | attributes
-    modality: str = "audio"  # audio | text | both
+    task: Literal["categorical", "attributes"] = "categorical"
+    modality: Literal["audio", "text", "both"] = "audio"
     data: DataConfig = field(default_factory=DataConfig)
     audio_encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -162,18 +169,8 @@ class Config:
     fusion: FusionModelConfig = field(default_factory=FusionModelConfig)
 
     def validate(self) -> "Config":
-        """Check choices that the types alone cannot express."""
-        _choice("task", self.task, ["categorical", "attributes"])
-        _choice("modality", self.modality, ["audio", "text", "both"])
-        _choice("audio_encoder.type", self.audio_encoder.type, ["hf", "ct2_whisper", "fbank"])
-        _choice("audio_encoder.finetune", self.audio_encoder.finetune, ["frozen", "full", "top_n"])
-        _choice("audio_encoder.layer_combine", self.audio_encoder.layer_combine, ["weighted", "concat"])
-        _choice("text_encoder.finetune", self.text_encoder.finetune, ["lora", "full", "frozen"])
-        _choice("text_encoder.pooling", self.text_encoder.pooling, ["auto", "cls", "mean", "last"])
-        _choice("pooling.type", self.pooling.type, ["attentive_stats", "mean", "mean_std"])
-        _choice("loss.type", self.loss.type, ["ce", "weighted_ce", "focal", "soft_ce"])
-        _choice("optim.schedule", self.optim.schedule, ["linear", "cosine", "constant"])
-        _choice("train.precision", self.train.precision, ["auto", "bf16", "fp16", "fp32"])
+        """Check every Literal option's value (also of a config built in code) and what crosses fields."""
+        check_choices(self)
         if self.train.batch_size < 1 or self.train.grad_accum < 1 or self.train.epochs < 1:
             raise ConfigError("train.batch_size, train.grad_accum and train.epochs must be >= 1")
         if len(self.data.attribute_range) != 2 or self.data.attribute_range[0] >= self.data.attribute_range[1]:
@@ -187,11 +184,13 @@ class Config:
         return self
 
 
-def _choice(key: str, value: str, allowed: list[str]) -> None:
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), allowed, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{key}: '{value}' is not one of {allowed}.{hint}")
+def _choice(key: str, value: Any, allowed: list) -> Any:
+    """`value` when it is one of `allowed` (same type and value), else raise naming the key and the closest choice."""
+    if any(type(value) is type(a) and value == a for a in allowed):
+        return value
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"{key}: '{value}' is not one of {allowed}.{hint}")
 
 
 def _strip_optional(tp: Any) -> Any:
@@ -201,6 +200,43 @@ def _strip_optional(tp: Any) -> Any:
         if len(args) == 1:
             return args[0]
     return tp
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a config dataclass (the annotations are strings under `from __future__`)."""
+    return typing.get_type_hints(cls)
+
+
+def choices(cls: type, field_name: str) -> list:
+    """The allowed values of a Literal option, e.g. choices(Config, "modality") or choices(Config, "pooling.type")."""
+    *parents, name = field_name.split(".")
+    for part in parents:
+        tp = _strip_optional(_hints(cls).get(part)) if dataclasses.is_dataclass(cls) else None
+        if not dataclasses.is_dataclass(tp):
+            raise ValueError(f"{field_name}: '{part}' is not a section of {cls.__name__}")
+        cls = tp
+    if not dataclasses.is_dataclass(cls) or name not in _hints(cls):
+        raise ValueError(f"{field_name}: {cls.__name__} has no option '{name}'")
+    tp = _strip_optional(_hints(cls)[name])
+    if typing.get_origin(tp) is not Literal:
+        raise ValueError(f"{field_name}: option '{name}' of {cls.__name__} has no fixed set of choices")
+    return list(typing.get_args(tp))
+
+
+def check_choices(obj: Any, prefix: str = "") -> None:
+    """Raise ConfigError when a Literal option of a (nested) config dataclass holds a value outside its choices."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        tp = hints[f.name]
+        base = _strip_optional(tp)
+        if value is None and base is not tp:
+            continue
+        if dataclasses.is_dataclass(base) and dataclasses.is_dataclass(value):
+            check_choices(value, f"{prefix}{f.name}.")
+        elif typing.get_origin(base) is Literal:
+            _choice(prefix + f.name, value, list(typing.get_args(base)))
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -219,6 +255,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping of options, got {value!r}")
         return build_dataclass(base, value, key + ".")
     origin = typing.get_origin(base)
+    if origin is Literal:
+        return _choice(key, value, list(typing.get_args(base)))
     if origin is list:
         (item_tp,) = typing.get_args(base) or (Any,)
         if not isinstance(value, (list, tuple)):
@@ -249,7 +287,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def build_dataclass(cls: type, values: dict, prefix: str = "") -> Any:
     """Build a (nested) config dataclass from a mapping, strictly: unknown keys and wrong types raise ConfigError."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for k, v in values.items():
@@ -292,8 +330,59 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def config_from_dict(values: dict) -> Config:
-    return build_dataclass(Config, values or {}).validate()
+_LEGACY_LAYER_KEYS = ("layer_weighting", "layer_combine")
+
+
+def _upgrade_audio_encoder(section: dict, source: str) -> dict:
+    """An audio_encoder mapping with layer_weighting/layer_combine (before `layers`) read as `layers`."""
+    old = [k for k in _LEGACY_LAYER_KEYS if k in section]
+    if not old:
+        return section
+    out = {k: v for k, v in section.items() if k not in _LEGACY_LAYER_KEYS}
+    weighting = _coerce(section.get("layer_weighting", True), bool, "audio_encoder.layer_weighting")
+    combine = _coerce(section.get("layer_combine", "weighted"), Literal["weighted", "concat"],
+                      "audio_encoder.layer_combine")
+    layers = combine if weighting else "last"
+    given = "/".join(old)
+    if "layers" in out and out["layers"] != layers:
+        raise ConfigError(f"audio_encoder.layers: '{out['layers']}' conflicts with the older audio_encoder.{given}, "
+                          f"which read as layers={layers}; give only audio_encoder.layers")
+    out["layers"] = out.get("layers", layers)
+    verb = "is" if len(old) == 1 else "are"
+    log.warning("%s: audio_encoder.%s %s replaced by audio_encoder.layers; read as layers=%s",
+                source, given, verb, layers)
+    return out
+
+
+def upgrade_legacy_keys(values: dict, source: str) -> dict:
+    """A copy of a raw config mapping with the keys of older versions replaced by their successors.
+
+    audio_encoder.layer_weighting/layer_combine become audio_encoder.layers (false: last; true with layer_combine
+    weighted or concat: that). A new key given beside old keys that read otherwise is an error. One warning per call
+    names `source` (a file, "overrides") and what was read.
+    """
+    section = (values or {}).get("audio_encoder")
+    if not isinstance(section, dict):
+        return values
+    upgraded = _upgrade_audio_encoder(section, source)
+    if upgraded is section:
+        return values
+    return {**values, "audio_encoder": upgraded}
+
+
+def audio_encoder_config_from_dict(values: dict, source: str) -> AudioEncoderConfig:
+    """An AudioEncoderConfig from a mapping (e.g. a saved audio_encoder.json), older keys upgraded, strictly checked."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: audio_encoder must be a mapping of options, got {values!r}")
+    try:
+        return build_dataclass(AudioEncoderConfig, _upgrade_audio_encoder(values, source), "audio_encoder.")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def config_from_dict(values: dict, source: str = "config") -> Config:
+    """A validated Config from a raw mapping; older keys are upgraded (a warning names `source`)."""
+    return build_dataclass(Config, upgrade_legacy_keys(values or {}, source)).validate()
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
@@ -309,33 +398,33 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
             raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from e
         if not isinstance(values, dict):
             raise ConfigError(f"config file '{p}' must hold a mapping of options at the top level")
-    values = _merge(values, parse_overrides(overrides or []))
+    return config_with_overrides(values, overrides, str(path) if path is not None else None)
+
+
+def config_with_overrides(values: dict, overrides: Optional[list[str]] = None, source: Optional[str] = None) -> Config:
+    """A config from `values` (a YAML mapping, e.g. a run's saved config) with dotted key=value overrides applied;
+    errors name `source`."""
+    tree = parse_overrides(overrides or [])
     try:
-        return config_from_dict(values)
+        # each source is upgraded on its own, so a new key overrides old keys of the file (and old keys a new one)
+        merged = _merge(upgrade_legacy_keys(values, source or "overrides"), upgrade_legacy_keys(tree, "overrides"))
+        return config_from_dict(merged, source or "overrides")
     except ConfigError as e:
-        where = f"{path}: " if path is not None else ""
+        where = f"{source}: " if source is not None else ""
         raise ConfigError(f"{where}{e}") from None
 
 
-def config_to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def save_config(cfg: Config, path: str | Path, extra: Optional[dict] = None) -> None:
-    """Write the resolved config as YAML; `extra` adds top-level provenance (e.g. manifest hash) under `_run`."""
-    data = config_to_dict(cfg)
-    if extra:
-        data["_run"] = extra
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (a model folder's config.yaml; a run's goes through rundir)."""
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
 
 def read_config(path: str | Path) -> Config:
-    """Read a resolved config written by save_config (ignores the `_run` provenance block)."""
+    """Read a resolved config written by save_config."""
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a resolved config must hold a mapping of options")
-    data.pop("_run", None)
     try:
-        return config_from_dict(data)
+        return config_from_dict(data, str(path))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

@@ -3,38 +3,41 @@
     predictor = fusion_ser.load("runs/late")
     results = predictor.predict(["a.wav", "b.flac", waveform_16k], batch_size=8)
 
-A trained run (kind "model") runs its saved model; a fused or ensembled run loads its member runs recursively, runs
-them on the same inputs and combines their prediction frames with the run's fitted combiner. When any model needs
-text, each input (or segment) is transcribed once with the packaged Whisper, and every member uses that transcript.
+A trained run (kind "model") runs its saved model on waveforms held in memory; a fused or ensembled run loads its
+member runs recursively, runs them on the same inputs and combines their prediction frames with the run's fitted
+combiner. When any model needs text, each input (or segment) is transcribed once with the packaged Whisper, and
+every member uses that transcript. Inputs stream through in batches of `batch_size` units (whole inputs or
+segments), so memory stays bounded however many files are given: this is the only batching layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 import torch
 
+from fusion_ser.data.audio import load_audio, waveform
+from fusion_ser.data.schema import SAMPLE_RATE
 from fusion_ser.device import resolve_device
 from fusion_ser.errors import FusionSerError
-from fusion_ser.rundir import RunDir, RunInfo
+from fusion_ser.fusion.runs import load_combiner
+from fusion_ser.rundir import RunDir, RunInfo, attr_pred_columns, prob_columns
 from fusion_ser.segment import SegmentConfig, aggregate, cut, split
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 MIN_SECONDS = 0.1
 AudioInput = Union[str, Path, np.ndarray]
+Timings = dict[str, float]  # seconds per stage (load, segment, asr, model:<modality>, combine)
 
 
 class PredictError(FusionSerError):
@@ -51,17 +54,6 @@ class Unit:
     start: float
     end: float
     text: str = ""
-    path: str = ""  # the unit's audio as a float32 WAV, for the trainer's dataset
-
-
-@dataclass
-class Stages:
-    """Seconds spent per stage (load, segment, asr, model runs, combine), summed over a predict call."""
-
-    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-
-    def add(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] += seconds
 
 
 class Predictor(ABC):
@@ -72,7 +64,7 @@ class Predictor(ABC):
         self.info = info
         self.device = device
         self._transcriber = None
-        self.last_timings: dict[str, float] = {}
+        self.last_timings: Timings = {}
 
     @property
     @abstractmethod
@@ -85,8 +77,8 @@ class Predictor(ABC):
         """True when some model of this run reads audio."""
 
     @abstractmethod
-    def predict_units(self, units: list[Unit], batch_size: int, stages: Stages) -> pd.DataFrame:
-        """A prediction-format frame (utt_id = unit uid, pred, prob_<c>... | <attr>_pred...) for the units."""
+    def predict_units(self, units: list[Unit], timings: Timings) -> pd.DataFrame:
+        """A prediction-format frame (utt_id = unit uid, pred, prob_<c>... | <attr>_pred...) for one batch of units."""
 
     def transcriber(self):
         """The packaged Whisper (faster-whisper, CTranslate2), loaded once on first use."""
@@ -110,16 +102,31 @@ class Predictor(ABC):
         Inputs are audio paths (any format soundfile reads) or 16 kHz mono float32 arrays. With `segment`, each input
         is cut into segments (each predicted, with start/end) and the whole-file result is their duration-weighted
         mean. on_error="skip" turns an unusable input into {"input": ..., "error": message} instead of raising.
-        `progress(n)` is called after each model batch with its number of units (inputs, or segments).
+        `progress(n)` is called as inputs finish, with the number of inputs finished since the last call.
         """
         if on_error not in ("raise", "skip"):
             raise PredictError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if batch_size < 1:
-            raise PredictError(f"--batch-size must be >= 1, got {batch_size}")
-        stages = Stages()
+            raise PredictError(f"the batch size must be >= 1, got {batch_size}")
+        timings: Timings = defaultdict(float)
+        per_input: dict[int, Timings] = defaultdict(lambda: defaultdict(float))
         results: list[dict] = []
-        units: list[Unit] = []
-        per_input_time: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        units_of: dict[int, list[Unit]] = {}
+        rows: dict[str, dict] = {}
+        pending: list[Unit] = []
+
+        def run_batches(final: bool) -> None:
+            nonlocal pending
+            while len(pending) >= batch_size or (final and pending):
+                chunk, pending = pending[:batch_size], pending[batch_size:]
+                self._run_batch(chunk, rows, timings, per_input)
+            waiting = {u.input_index for u in pending}
+            done = [i for i in units_of if i not in waiting]
+            for i in done:
+                self._assemble(results[i], units_of.pop(i), rows, segment is not None, per_input[i])
+            if progress is not None and done:
+                progress(len(done))
+
         for i, item in enumerate(inputs):
             name = str(item) if not isinstance(item, np.ndarray) else f"array[{i}]"
             t0 = time.perf_counter()
@@ -130,106 +137,85 @@ class Predictor(ABC):
                     raise
                 log.info("skipping %s: %s", name, e)
                 results.append({"input": name, "error": str(e)})
+                if progress is not None:
+                    progress(1)
                 continue
             dt = time.perf_counter() - t0
-            stages.add("load", dt)
-            per_input_time[i]["load"] += dt
-            results.append({"input": name, "index": i, "duration": len(wav) / SAMPLE_RATE})
+            timings["load"] += dt
+            per_input[i]["load"] += dt
+            results.append({"input": name, "duration": len(wav) / SAMPLE_RATE})
             t0 = time.perf_counter()
-            segs = split(wav, SAMPLE_RATE, segment) if segment is not None else None
-            stages.add("segment", time.perf_counter() - t0)
-            if segs is None:
-                units.append(Unit(f"{i}", i, wav, 0.0, len(wav) / SAMPLE_RATE))
-            else:
-                units.extend(Unit(f"{i}_{k}", i, cut(wav, SAMPLE_RATE, s), s.start, s.end) for k, s in enumerate(segs))
+            units = self._units(i, wav, segment)
+            timings["segment"] += time.perf_counter() - t0
+            units_of[i] = units
+            pending.extend(units)
+            run_batches(final=False)
+        run_batches(final=True)
+        self.last_timings = dict(timings)
+        return results
+
+    def _units(self, i: int, wav: np.ndarray, segment: Optional[SegmentConfig]) -> list[Unit]:
+        if segment is None:
+            return [Unit(f"{i}", i, wav, 0.0, len(wav) / SAMPLE_RATE)]
+        return [Unit(f"{i}_{k}", i, cut(wav, SAMPLE_RATE, s), s.start, s.end)
+                for k, s in enumerate(split(wav, SAMPLE_RATE, segment))]
+
+    def _run_batch(self, chunk: list[Unit], rows: dict[str, dict], timings: Timings,
+                   per_input: dict[int, Timings]) -> None:
+        """Transcribe (when needed) and predict one batch; batched stages are shared by its inputs in proportion
+        to their audio length."""
+        before = dict(timings)
         if self.needs_text:
-            asr = self.transcriber()
-            for start in range(0, len(units), batch_size):
-                chunk = units[start: start + batch_size]
-                t0 = time.perf_counter()
-                texts = asr.transcribe_batch([u.wav for u in chunk])
-                dt = time.perf_counter() - t0
-                stages.add("asr", dt)
-                total = sum(len(u.wav) for u in chunk)
-                for u, text in zip(chunk, texts):
-                    u.text = text
-                    per_input_time[u.input_index]["asr"] += dt * len(u.wav) / total
-        frames = []
-        with tempfile.TemporaryDirectory(prefix="fusion-ser-predict-") as tmp:
-            for start in range(0, len(units), batch_size):
-                chunk = units[start: start + batch_size]
-                before = dict(stages.seconds)
-                if self.needs_audio:
-                    t0 = time.perf_counter()
-                    for u in chunk:
-                        u.path = str(Path(tmp) / f"{u.uid}.wav")
-                        sf.write(u.path, u.wav, SAMPLE_RATE, subtype="FLOAT")
-                    stages.add("write", time.perf_counter() - t0)
-                frames.append(self.predict_units(chunk, batch_size, stages))
-                # Batched stages are shared by the inputs of the batch in proportion to their audio length.
-                total = sum(len(u.wav) for u in chunk) or 1
-                for stage, sec in stages.seconds.items():
-                    spent = sec - before.get(stage, 0.0)
-                    if spent > 0:
-                        for u in chunk:
-                            per_input_time[u.input_index][stage] += spent * len(u.wav) / total
-                if progress is not None:
-                    progress(len(chunk))
-        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"utt_id": []})
-        self.last_timings = dict(stages.seconds)
-        return self._assemble(results, units, frame, segment is not None, per_input_time)
+            t0 = time.perf_counter()
+            for u, text in zip(chunk, self.transcriber().transcribe_batch([u.wav for u in chunk])):
+                u.text = text
+            timings["asr"] += time.perf_counter() - t0
+        frame = self.predict_units(chunk, timings)
+        for uid, row in zip(frame["utt_id"].astype(str), frame.to_dict("records")):
+            rows[uid] = row
+        total = sum(len(u.wav) for u in chunk) or 1
+        for stage, sec in timings.items():
+            spent = sec - before.get(stage, 0.0)
+            if spent > 0:
+                for u in chunk:
+                    per_input[u.input_index][stage] += spent * len(u.wav) / total
+        for u in chunk:
+            u.wav = np.zeros(0, dtype=np.float32)  # the audio is no longer needed: keep memory bounded
 
     def _load(self, item: AudioInput, name: str) -> np.ndarray:
         if isinstance(item, np.ndarray):
-            wav = np.asarray(item, dtype=np.float32)
-            if wav.ndim != 1 or wav.size == 0:
-                raise PredictError(f"{name}: expected a non-empty 1-D waveform at 16 kHz, got shape {wav.shape}")
-            if not np.isfinite(wav).all():
-                raise PredictError(f"{name}: the waveform contains NaN or infinite samples")
-            if len(wav) < MIN_SECONDS * SAMPLE_RATE:
-                raise PredictError(f"{name}: {len(wav) / SAMPLE_RATE:.3f} s of audio is shorter than {MIN_SECONDS} s")
-            return wav
-        from fusion_ser.data.audio import load_audio
-
+            return waveform(item, name, MIN_SECONDS, SAMPLE_RATE)
         return load_audio(item, sample_rate=SAMPLE_RATE, min_seconds=MIN_SECONDS)
 
     def _row_values(self, row: dict) -> dict:
         info = self.info
         if info.task == "categorical":
-            probs = {c: float(row[f"prob_{c}"]) for c in info.labels}
+            probs = {c: float(row[col]) for c, col in zip(info.labels, prob_columns(info.labels))}
             return {"label": str(row["pred"]), "probs": probs}
-        return {"attributes": {a: float(row[f"{a}_pred"]) for a in info.attributes}}
+        return {"attributes": {a: float(row[col]) for a, col in zip(info.attributes, attr_pred_columns(info.attributes))}}
 
-    def _assemble(self, results: list[dict], units: list[Unit], frame: pd.DataFrame, segmented: bool,
-                  per_input_time: dict[int, dict[str, float]]) -> list[dict]:
-        rows = {str(u): r for u, r in zip(frame["utt_id"].astype(str), frame.to_dict("records"))} if len(frame) else {}
-        by_input: dict[int, list[Unit]] = defaultdict(list)
-        for u in units:
-            by_input[u.input_index].append(u)
-        for res in results:
-            if "error" in res:
-                continue
-            i = res.pop("index")
-            parts = [u for u in by_input[i] if u.uid in rows]
-            if not parts:
-                res["error"] = f"{res['input']}: no usable audio for the model (every segment was unreadable or silent)"
-                continue
-            values = [{"start": u.start, "end": u.end, "transcript": u.text, **self._row_values(rows[u.uid])}
-                      for u in parts]
-            if segmented:
-                res.update(self._aggregate(values))
-                res["transcript"] = " ".join(v["transcript"] for v in values if v["transcript"])
-                res["segments"] = values
-                res["skipped_segments"] = len(by_input[i]) - len(parts)
-            else:
-                v = values[0]
-                res.update({k: v[k] for k in v if k not in ("start", "end")})
-            if not self.needs_text:
-                res["transcript"] = None
-                for v in res.get("segments", []):
-                    v["transcript"] = None
-            res["timing"] = {k: round(t, 6) for k, t in per_input_time[i].items()}
-        return results
+    def _assemble(self, res: dict, units: list[Unit], rows: dict[str, dict], segmented: bool,
+                  timing: Timings) -> None:
+        """Fill one input's result from its units' prediction rows (whole-file aggregate when segmented)."""
+        parts = [u for u in units if u.uid in rows]
+        if not parts:
+            res["error"] = f"{res['input']}: no usable audio for the model (every segment was unreadable or silent)"
+            return
+        values = [{"start": u.start, "end": u.end, "transcript": u.text, **self._row_values(rows.pop(u.uid))}
+                  for u in parts]
+        if segmented:
+            res.update(self._aggregate(values))
+            res["transcript"] = " ".join(v["transcript"] for v in values if v["transcript"])
+            res["segments"] = values
+            res["skipped_segments"] = len(units) - len(parts)
+        else:
+            v = values[0]
+            res.update({k: v[k] for k in v if k not in ("start", "end")})
+        if not self.needs_text:
+            res["transcript"] = None
+            for v in res.get("segments", []):
+                v["transcript"] = None
+        res["timing"] = {k: round(t, 6) for k, t in timing.items()}
 
     def _aggregate(self, values: list[dict]) -> dict:
         """Whole-file values: duration-weighted mean of the segments' probabilities / attribute values."""
@@ -242,11 +228,11 @@ class Predictor(ABC):
 
 
 class ModelPredictor(Predictor):
-    """A trained run: its saved model in model/, run through the trainer's own inference (predict_frame)."""
+    """A trained run: its saved model in model/, run on in-memory waveforms through the trainer's inference."""
 
     def __init__(self, run_dir: Path, info: RunInfo, device: torch.device):
         super().__init__(run_dir, info, device)
-        from fusion_ser.models import load_model
+        from fusion_ser.models.io import load_model
 
         self.model, self.cfg, self.labels = load_model(RunDir(run_dir).model_dir)
         self.model.to(device)
@@ -261,15 +247,16 @@ class ModelPredictor(Predictor):
     def needs_audio(self) -> bool:
         return self.cfg.modality in ("audio", "both")
 
-    def predict_units(self, units: list[Unit], batch_size: int, stages: Stages) -> pd.DataFrame:
-        from fusion_ser.training.trainer import predict_frame
+    def predict_units(self, units: list[Unit], timings: Timings) -> pd.DataFrame:
+        from fusion_ser.training.inference import predict_arrays
 
         t0 = time.perf_counter()
-        cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, batch_size=batch_size, num_workers=0))
-        df = pd.DataFrame({"utt_id": [u.uid for u in units], "path": [u.path for u in units],
-                           "text": [u.text for u in units]})
-        frame = predict_frame(self.model, df, cfg, self.device)
-        stages.add(self.stage_name, time.perf_counter() - t0)
+        cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, batch_size=max(1, len(units)),
+                                                                      num_workers=0))
+        frame = predict_arrays(self.model, [u.uid for u in units], cfg, device=self.device,
+                               waveforms=[u.wav for u in units] if self.needs_audio else None,
+                               texts=[u.text for u in units])
+        timings[self.stage_name] += time.perf_counter() - t0
         return frame
 
 
@@ -278,8 +265,6 @@ class CombinedPredictor(Predictor):
 
     def __init__(self, run_dir: Path, info: RunInfo, device: torch.device):
         super().__init__(run_dir, info, device)
-        from fusion_ser.fusion.combine import load_combiner
-
         self.combiner = load_combiner(run_dir)
         self.members = [load(m, device=device) for m in info.members]
 
@@ -291,14 +276,14 @@ class CombinedPredictor(Predictor):
     def needs_audio(self) -> bool:
         return any(m.needs_audio for m in self.members)
 
-    def predict_units(self, units: list[Unit], batch_size: int, stages: Stages) -> pd.DataFrame:
-        frames = [m.predict_units(units, batch_size, stages) for m in self.members]
+    def predict_units(self, units: list[Unit], timings: Timings) -> pd.DataFrame:
+        frames = [m.predict_units(units, timings) for m in self.members]
         t0 = time.perf_counter()
         # A unit a member could not use (e.g. a silent segment for an audio model) is left out of the combination.
         common = set.intersection(*(set(f["utt_id"].astype(str)) for f in frames))
         frames = [f[f["utt_id"].astype(str).isin(common)].reset_index(drop=True) for f in frames]
         out = self.combiner.combine(frames)
-        stages.add("combine", time.perf_counter() - t0)
+        timings["combine"] += time.perf_counter() - t0
         return out
 
 
@@ -325,4 +310,4 @@ def _device(preference: str) -> torch.device:
     try:
         return resolve_device(preference)
     except RuntimeError as e:
-        raise PredictError(f"--device {preference}: {e}") from None
+        raise PredictError(f"device '{preference}': {e}") from None

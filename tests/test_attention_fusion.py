@@ -10,8 +10,9 @@ import soundfile as sf
 import torch
 
 from fusion_ser.config import load_config
-from fusion_ser.fusion.attention import AttentionFusionModel
-from fusion_ser.models import build_model, load_model, save_model
+from fusion_ser.models.attention import AttentionFusionModel
+from fusion_ser.models.factory import build_model
+from fusion_ser.models.io import load_model, save_model
 
 SR = 16000
 POSITIVE = ["great", "lovely", "wonderful", "happy"]
@@ -78,7 +79,7 @@ def _cfg(modality: str, tiny_bert: str, cache_dir: str, epochs: int = 6):
 
 @pytest.fixture(scope="module")
 def trained(xor_corpus, tiny_bert, tmp_path_factory):
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.job import train_run
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("xor_runs")
@@ -101,7 +102,7 @@ def test_fusion_learns_what_neither_modality_can(trained):
 
 def test_fused_run_reloads_and_reproduces_its_predictions(trained, xor_corpus):
     from fusion_ser.data.manifest import read_manifest
-    from fusion_ser.training.trainer import predict_frame
+    from fusion_ser.training.inference import predict_frame
 
     both, _ = trained
     model, cfg, labels = load_model(both.model_dir)

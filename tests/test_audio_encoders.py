@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from fusion_ser.config import AudioEncoderConfig, ConfigError
-from fusion_ser.encoders.audio import AudioEncoderError, build_audio_encoder, load_encoder
+from fusion_ser.encoders.audio import build_audio_encoder, load_encoder
+from fusion_ser.encoders.base import AudioEncoderError
 from fusion_ser.encoders.fbank import HOP_LENGTH, WIN_LENGTH, mel_filters, mel_to_hz, hz_to_mel
 
 SR = 16000
@@ -99,7 +100,7 @@ def test_hf_normalises_the_waveform_when_the_extractor_says_so(tiny_models: dict
 
 
 def test_layer_weighting_is_softmax_weighted_sum_of_hidden_states(tiny_models: dict) -> None:
-    enc = hf(tiny_models["hubert"], layer_weighting=True).eval()
+    enc = hf(tiny_models["hubert"], layers="weighted").eval()
     with torch.no_grad():
         enc.layer_weights.copy_(torch.tensor([0.3, -1.0, 2.0]))
     batch = tone_batch([9000])
@@ -111,16 +112,16 @@ def test_layer_weighting_is_softmax_weighted_sum_of_hidden_states(tiny_models: d
     w = np.exp([0.3, -1.0, 2.0]) / np.exp([0.3, -1.0, 2.0]).sum()
     expected = sum(float(wi) * h for wi, h in zip(w, hidden))
     torch.testing.assert_close(enc(batch).features, expected, atol=1e-5, rtol=1e-5)
-    last = hf(tiny_models["hubert"], layer_weighting=False).eval()
+    last = hf(tiny_models["hubert"], layers="last").eval()
     assert last.layer_weights is None
     torch.testing.assert_close(last(batch).features, hidden[-1], atol=1e-5, rtol=1e-5)
-    concat = hf(tiny_models["hubert"], layer_weighting=True, layer_combine="concat").eval()
+    concat = hf(tiny_models["hubert"], layers="concat").eval()
     assert concat.layer_weights is None and concat.output_dim == 3 * last.output_dim
     torch.testing.assert_close(concat(batch).features, torch.cat(hidden, dim=-1), atol=1e-5, rtol=1e-5)
 
 
 def test_cached_hidden_state_stack_reproduces_the_forward(tiny_models: dict) -> None:
-    enc = hf(tiny_models["wavlm"], layer_weighting=True)
+    enc = hf(tiny_models["wavlm"], layers="weighted")
     enc.train()  # a frozen backbone must still run without dropout
     assert enc.cache_id() is not None
     with torch.no_grad():
@@ -150,16 +151,16 @@ def test_finetune_modes_leave_the_right_parameters_trainable(tiny_models: dict) 
     frozen = hf(tiny_models["wavlm"], finetune="frozen")
     assert trainable(frozen) == {"layer_weights"} and frozen.is_frozen and frozen.cache_id() is not None
 
-    full = hf(tiny_models["wavlm"], finetune="full", layer_weighting=False)
+    full = hf(tiny_models["wavlm"], finetune="full", layers="last")
     names = trainable(full)
     assert not any(n.startswith("backbone.feature_extractor.") for n in names)
     assert {n for n, _ in full.named_parameters() if not n.startswith("backbone.feature_extractor.")} == names
     assert not full.is_frozen and full.cache_id() is None
 
-    full_cnn = hf(tiny_models["wavlm"], finetune="full", freeze_feature_encoder=False, layer_weighting=False)
+    full_cnn = hf(tiny_models["wavlm"], finetune="full", freeze_feature_encoder=False, layers="last")
     assert trainable(full_cnn) == {n for n, _ in full_cnn.named_parameters()}
 
-    top = hf(tiny_models["wavlm"], finetune="top_n", trainable_layers=1, layer_weighting=False)
+    top = hf(tiny_models["wavlm"], finetune="top_n", trainable_layers=1, layers="last")
     names = trainable(top)
     assert names and all(n.startswith("backbone.encoder.layers.1.") for n in names)
     assert top.cache_id() is None
@@ -203,12 +204,12 @@ def test_load_encoder_errors_name_the_problem(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def whisper():
-    return build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layer_weighting=False))
+    return build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="last"))
 
 
 @pytest.fixture(scope="session")
 def whisper_layers():
-    return build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layer_weighting=True))
+    return build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="weighted"))
 
 
 def test_ct2_whisper_frames_are_half_the_mel_frames(whisper) -> None:
@@ -241,7 +242,7 @@ def test_ct2_whisper_batch_equals_single_clips_and_cache_id(whisper) -> None:
         np.testing.assert_array_equal(out.features[i, : single.shape[0]].numpy(), single)
     cid = whisper.cache_id()
     assert "default" in cid and whisper.model_path in cid
-    other = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", compute_type="int8", layer_weighting=False))
+    other = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", compute_type="int8", layers="last"))
     assert other.cache_id() != cid
     with pytest.raises(ConfigError, match="always frozen"):
         build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", finetune="full"))
@@ -282,7 +283,7 @@ def test_whisper_layers_weighting_is_softmax_sum_and_chunks_past_30_seconds(whis
 
 
 def test_whisper_layers_concat_puts_every_layer_side_by_side(whisper_layers) -> None:
-    concat = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layer_weighting=True, layer_combine="concat"))
+    concat = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="concat"))
     assert concat.layer_weights is None and concat.output_dim == 5 * 384 and concat.is_frozen
     assert not any(p.requires_grad for p in concat.parameters())
     assert concat.cache_id() == whisper_layers.cache_id()  # the same cached stack serves both combinations
@@ -292,10 +293,10 @@ def test_whisper_layers_concat_puts_every_layer_side_by_side(whisper_layers) -> 
         stack = whisper_layers.hidden_states(batch["wav"][i, :n].numpy()).numpy()  # (5, T, 384)
         expected = np.concatenate(list(stack), axis=-1)  # frame t: layer 0 dims, then layer 1 dims, ...
         np.testing.assert_allclose(out.features[i, : stack.shape[1]].numpy(), expected, atol=1e-6)
-    with pytest.raises(ConfigError, match="layer_combine"):
+    with pytest.raises(ConfigError, match=r"audio_encoder\.layers: 'sum' is not one of"):
         from fusion_ser.config import load_config
 
-        load_config(None, ["audio_encoder.layer_combine=sum"])
+        load_config(None, ["audio_encoder.layers=sum"])
 
 
 def test_whisper_weights_reader_refuses_what_it_cannot_read(tmp_path) -> None:
@@ -346,7 +347,7 @@ def test_layer_weighting_survives_layerdrop_in_training(tmp_path) -> None:
 
     torch.manual_seed(0)
     WavLMModel(WavLMConfig(feat_extract_norm="layer", layerdrop=0.99, **TINY)).save_pretrained(tmp_path)
-    enc = hf(str(tmp_path), finetune="full", layer_weighting=True).train()
+    enc = hf(str(tmp_path), finetune="full", layers="weighted").train()
     out = enc(tone_batch([8000, 5000]))
     assert out.features.shape == (2, conv_frames(8000), 32)
     assert enc.backbone.config.layerdrop == 0.0

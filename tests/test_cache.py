@@ -14,7 +14,7 @@ import torch
 
 from fusion_ser.encoders.base import Encoder, EncoderOutput
 from fusion_ser.errors import FusionSerError
-from fusion_ser.training.cache import CacheError, FeatureCache, read_entry
+from fusion_ser.data.feature_cache import CacheError, FeatureCache, read_entry
 
 SR = 16000
 

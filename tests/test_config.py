@@ -7,13 +7,20 @@ import dataclasses
 import pytest
 import yaml
 
+from fusion_ser.rundir import load_run_config, write_run_config
+
 from fusion_ser.config import (
+    AudioEncoderConfig,
     Config,
     ConfigError,
+    PoolingConfig,
+    audio_encoder_config_from_dict,
+    choices,
     load_config,
     parse_overrides,
     read_config,
     save_config,
+    upgrade_legacy_keys,
 )
 
 
@@ -114,13 +121,146 @@ def test_save_then_read_round_trip_with_provenance(tmp_path):
                              "text_encoder.lora.target_modules=[q, v]", "optim.lr_head=3e-4", "seed=11"])
     path = tmp_path / "run" / "config.yaml"
     path.parent.mkdir()
-    save_config(cfg, path, extra={"manifest": "/data/m.csv", "sha256": "abc"})
+    write_run_config(path, dataclasses.asdict(cfg), {"manifest": "/data/m.csv", "sha256": "abc"})
     raw = yaml.safe_load(path.read_text())
     assert raw["_run"] == {"manifest": "/data/m.csv", "sha256": "abc"}
-    back = read_config(path)
-    assert back == cfg
+    back, provenance = load_run_config(path)
+    assert back == cfg and provenance == raw["_run"]
     assert dataclasses.asdict(back) == dataclasses.asdict(cfg)
+    assert load_run_config(path, ["seed=12"])[0].seed == 12
     raw["train"]["epohcs"] = 2
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=f"{path}.*Did you mean 'train.epochs'"):
-        read_config(path)
+        load_run_config(path)
+    model_cfg = tmp_path / "model_config.yaml"
+    save_config(cfg, model_cfg)
+    assert read_config(model_cfg) == cfg
+
+
+LEGACY = "fusion_ser.config"
+
+
+def _legacy_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == LEGACY and r.levelname == "WARNING" and "replaced by audio_encoder.layers" in r.getMessage()]
+
+
+def test_a_literal_option_with_a_wrong_value_names_the_key_from_yaml_overrides_and_code(tmp_path):
+    p = _yaml(tmp_path, {"audio_encoder": {"layers": "concatenate"}})
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    msg = str(info.value)
+    assert str(p) in msg and "audio_encoder.layers: 'concatenate' is not one of ['last', 'weighted', 'concat']" in msg
+    assert "Did you mean 'concat'?" in msg
+    with pytest.raises(ConfigError, match=r"pooling\.type: 'attentive' is not one of .*Did you mean 'attentive_stats'"):
+        load_config(None, ["pooling.type=attentive"])
+    with pytest.raises(ConfigError, match=r"train\.precision: 'True' is not one of"):
+        load_config(None, ["train.precision=true"])  # a YAML bool is no choice, even where str() would match none
+    with pytest.raises(ConfigError, match=r"modality: 'video' is not one of \['audio', 'text', 'both'\]"):
+        Config(modality="video").validate()
+    with pytest.raises(ConfigError, match=r"audio_encoder\.finetune: 'lora' is not one of"):
+        Config(audio_encoder=AudioEncoderConfig(finetune="lora")).validate()
+    built = dataclasses.replace(Config(), pooling=PoolingConfig(type="mean"))  # replace and construction stay free
+    assert built.validate().pooling.type == "mean"
+    assert dataclasses.replace(Config(), task="attrs").task == "attrs"  # checked by validate, not construction
+
+
+def test_choices_reads_the_literal():
+    assert choices(Config, "modality") == ["audio", "text", "both"]
+    assert choices(AudioEncoderConfig, "layers") == ["last", "weighted", "concat"]
+    assert choices(Config, "audio_encoder.layers") == ["last", "weighted", "concat"]
+    assert choices(Config, "pooling.type") == ["attentive_stats", "mean", "mean_std"]
+    with pytest.raises(ValueError, match="no fixed set of choices"):
+        choices(Config, "train.epochs")
+    with pytest.raises(ValueError, match="no option"):
+        choices(Config, "audio_encoder.nope")
+
+
+@pytest.mark.parametrize("old,layers", [
+    ({"layer_weighting": False}, "last"),
+    ({"layer_weighting": False, "layer_combine": "concat"}, "last"),
+    ({"layer_weighting": True}, "weighted"),
+    ({"layer_weighting": True, "layer_combine": "weighted"}, "weighted"),
+    ({"layer_weighting": True, "layer_combine": "concat"}, "concat"),
+    ({"layer_combine": "concat"}, "concat"),  # layer_weighting defaulted to true
+])
+def test_legacy_layer_keys_map_to_layers_from_overrides_and_yaml(tmp_path, caplog, old, layers):
+    overrides = [f"audio_encoder.{k}={str(v).lower()}" for k, v in old.items()]
+    caplog.set_level("WARNING", logger=LEGACY)
+    assert load_config(None, overrides).audio_encoder.layers == layers
+    (line,) = _legacy_warnings(caplog)
+    assert line.startswith("overrides: audio_encoder.") and line.endswith(f"read as layers={layers}")
+    caplog.clear()
+    p = _yaml(tmp_path, {"audio_encoder": {"type": "ct2_whisper", **old}, "train": {"epochs": 2}})
+    cfg = load_config(p)
+    assert cfg.audio_encoder.layers == layers and cfg.train.epochs == 2
+    (line,) = _legacy_warnings(caplog)
+    assert line.startswith(f"{p}: audio_encoder.{'/'.join(old)} ")
+    assert "replaced by audio_encoder.layers" in line and line.endswith(f"read as layers={layers}")
+
+
+def test_legacy_warning_names_both_old_keys_once(caplog):
+    caplog.set_level("WARNING", logger=LEGACY)
+    load_config(None, ["audio_encoder.layer_weighting=true", "audio_encoder.layer_combine=concat"])
+    assert _legacy_warnings(caplog) == ["overrides: audio_encoder.layer_weighting/layer_combine are replaced by "
+                                        "audio_encoder.layers; read as layers=concat"]
+
+
+def test_legacy_keys_conflicting_with_layers_are_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"audio_encoder\.layers: 'weighted' conflicts with .*layer_weighting.*"
+                                          r"layers=last"):
+        load_config(None, ["audio_encoder.layers=weighted", "audio_encoder.layer_weighting=false"])
+    p = _yaml(tmp_path, {"audio_encoder": {"layers": "last", "layer_weighting": True, "layer_combine": "concat"}})
+    with pytest.raises(ConfigError, match=f"{p}: audio_encoder.layers: 'last' conflicts"):
+        load_config(p)
+    # the same choice given both ways is no conflict; a new key on the command line overrides old keys of the file
+    both = load_config(None, ["audio_encoder.layers=last", "audio_encoder.layer_weighting=false"])
+    assert both.audio_encoder.layers == "last"
+    old = _yaml(tmp_path, {"audio_encoder": {"layer_weighting": True, "layer_combine": "concat"}}, "old.yaml")
+    assert load_config(old, ["audio_encoder.layers=last"]).audio_encoder.layers == "last"
+    # the old keys' own values are still checked
+    with pytest.raises(ConfigError, match=r"audio_encoder\.layer_combine: 'sum' is not one of \['weighted', 'concat'"):
+        load_config(None, ["audio_encoder.layer_combine=sum"])
+    with pytest.raises(ConfigError, match="audio_encoder.layer_weighting: expected true or false"):
+        load_config(None, ["audio_encoder.layer_weighting=maybe"])
+
+
+def test_upgrade_legacy_keys_leaves_the_input_alone():
+    raw = {"seed": 3, "audio_encoder": {"type": "hf", "layer_weighting": False}}
+    assert upgrade_legacy_keys(raw, "x") == {"seed": 3, "audio_encoder": {"type": "hf", "layers": "last"}}
+    assert raw == {"seed": 3, "audio_encoder": {"type": "hf", "layer_weighting": False}}
+    current = {"audio_encoder": {"layers": "concat"}}
+    assert upgrade_legacy_keys(current, "x") is current
+
+
+def test_run_dir_config_of_the_previous_version_reads(tmp_path, caplog):
+    data = dataclasses.asdict(Config(task="attributes", seed=5))
+    section = data["audio_encoder"]
+    del section["layers"]
+    section.update(layer_weighting=True, layer_combine="concat")  # where the old version wrote them
+    data["_run"] = {"manifest": "/data/m.csv", "sha256": "abc"}
+    path = tmp_path / "run" / "config.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    caplog.set_level("WARNING", logger=LEGACY)
+    cfg, _ = load_run_config(path)
+    assert cfg == Config(task="attributes", seed=5, audio_encoder=AudioEncoderConfig(layers="concat"))
+    (line,) = _legacy_warnings(caplog)
+    assert line.startswith(f"{path}: ")
+
+
+def test_audio_encoder_config_from_an_old_audio_encoder_json(caplog):
+    old = dataclasses.asdict(AudioEncoderConfig(type="hf", name_or_path="/m", finetune="full"))
+    del old["layers"]
+    old.update(layer_weighting=False, layer_combine="weighted")
+    caplog.set_level("WARNING", logger=LEGACY)
+    cfg = audio_encoder_config_from_dict(old, "enc/audio_encoder.json")
+    assert cfg == AudioEncoderConfig(type="hf", name_or_path="/m", finetune="full", layers="last")
+    (line,) = _legacy_warnings(caplog)
+    assert line.startswith("enc/audio_encoder.json: ")
+    current = dataclasses.asdict(AudioEncoderConfig(layers="concat"))
+    assert audio_encoder_config_from_dict(current, "x") == AudioEncoderConfig(layers="concat")
+    with pytest.raises(ConfigError, match=r"enc\.json: unknown config key 'audio_encoder\.typo'"):
+        audio_encoder_config_from_dict({"typo": 1}, "enc.json")
+    with pytest.raises(ConfigError, match=r"enc\.json: audio_encoder\.type: 'ctc' is not one of"):
+        audio_encoder_config_from_dict({"type": "ctc"}, "enc.json")

@@ -44,7 +44,7 @@ def _free_port() -> int:
 
 
 def test_torchrun_two_processes_gloo(tmp_path) -> None:
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.job import train_run
     from fusion_ser.config import load_config
 
     torch.set_num_threads(1)

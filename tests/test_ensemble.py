@@ -9,8 +9,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from fusion_ser.cli.main import main
-from fusion_ser.fusion.combine import FusionError, MajorityVote, load_combiner
+from fusion_ser.fusion.combiners import MajorityVote
 from fusion_ser.fusion.ensemble import ensemble_runs
+from fusion_ser.fusion.members import FusionError
+from fusion_ser.fusion.runs import load_combiner
 from fusion_ser.rundir import RunDir
 from tests.test_fusion import ATTRS, LABELS, attr_frame, cat_frame, one_blas_thread, write_run  # noqa: F401
 
@@ -140,7 +142,7 @@ def test_attribute_stacking_is_out_of_fold_ridge(attribute_runs):
 
 def test_vote_on_attributes_is_refused(attribute_runs, tmp_path):
     _, runs, _, _ = attribute_runs
-    with pytest.raises(FusionError, match=r"--method vote does not apply to attributes runs"):
+    with pytest.raises(FusionError, match=r"method 'vote' does not apply to attributes runs"):
         ensemble_runs(runs, tmp_path / "x", method="vote")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,10 +16,11 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
 from fusion_ser.cli.main import main
-from fusion_ser.config import Config, config_to_dict
-from fusion_ser.fusion.combine import FusionError, load_combiner
+from fusion_ser.config import Config
 from fusion_ser.fusion.late import balanced_subset, late_fuse, simplex_grid
-from fusion_ser.rundir import RunDir, RunInfo
+from fusion_ser.fusion.members import FusionError
+from fusion_ser.fusion.runs import load_combiner
+from fusion_ser.rundir import OutputError, RunDir, RunExistsError, RunInfo, prepare_output
 
 LABELS = ["anger", "happiness", "neutral", "sadness"]
 ATTRS = ["arousal", "valence", "dominance"]
@@ -59,7 +61,7 @@ def write_run(path: Path, frames: dict[str, pd.DataFrame], task: str = "categori
     """A finished model run dir holding only what fuse/ensemble read (run.json, config.yaml, predictions)."""
     rd = RunDir(path)
     path.mkdir(parents=True)
-    cfg = config_to_dict(Config(task=task, modality=modality))
+    cfg = dataclasses.asdict(Config(task=task, modality=modality))
     cfg["_run"] = {"manifest": str(manifest) if manifest else None}
     rd.config_path.write_text(yaml.safe_dump(cfg))
     for split, df in frames.items():
@@ -353,6 +355,50 @@ def test_cli_fuse_summary_and_errors(complementary_runs, tmp_path):
     assert lone.exit_code == 1 and "at least two member runs" in lone.output
 
 
+def test_force_replaces_exactly_the_run_files_and_keeps_the_users_own(complementary_runs, tmp_path):
+    """Overwriting removes what any run (trained, fused) may leave, including a refit's extras, and nothing else."""
+    _, a, b, _ = complementary_runs
+    out = late_fuse([a, b], tmp_path / "out", method="mean")
+    for folder in ("model_dev_selected", "checkpoints"):
+        (out.path / folder).mkdir()
+        (out.path / folder / "weights.safetensors").write_text("old")
+    for name in ("refit_train_log.csv", "skipped_clips.json", "train_log.csv", "cv_metrics.json", "old_curves.png"):
+        (out.path / name).write_text("old")
+    (out.path / "notes.txt").write_text("mine")
+    (out.path / "mine").mkdir()
+    (out.path / "mine" / "data.csv").write_text("mine")
+    with pytest.raises(RunExistsError, match="already holds a fusion run") as refused:
+        late_fuse([a, b], out.path, method="lr")
+    assert "--" not in str(refused.value)  # library messages name no CLI option
+    assert (out.path / "refit_train_log.csv").is_file()  # a refusal changes nothing
+    again = late_fuse([a, b], out.path, method="lr", force=True)
+    assert RunDir(again.path).read_info().complete and RunDir(again.path).read_info().extra["method"] == "lr"
+    for gone in ("model_dev_selected", "checkpoints", "refit_train_log.csv", "skipped_clips.json", "train_log.csv",
+                 "cv_metrics.json", "old_curves.png"):
+        assert not (out.path / gone).exists(), gone
+    assert (out.path / "notes.txt").read_text() == "mine" and (out.path / "mine" / "data.csv").read_text() == "mine"
+    assert json.loads((out.path / "model" / "combiner.json").read_text())["method"] == "logistic"
+
+
+def test_prepare_output_refusals_are_in_library_terms(complementary_runs, tmp_path):
+    _, a, _, _ = complementary_runs
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("mine")
+    cases = [(a, "is one of the input runs"), (tmp_path / "file", "is not a folder"),
+             (tmp_path / "other", "not a run directory")]
+    for path, message in cases:
+        for force in (False, True):
+            with pytest.raises(OutputError, match=message) as refused:
+                prepare_output(path, kind="fusion", force=force, inputs=[a])
+            assert not isinstance(refused.value, RunExistsError) and "--" not in str(refused.value)
+    assert (tmp_path / "other" / "keep.txt").read_text() == "mine"
+    with pytest.raises(RunExistsError, match="allow overwriting"):
+        prepare_output(a, kind="ensemble")
+    fresh = prepare_output(tmp_path / "new" / "run", kind="fusion", inputs=[a])
+    assert fresh.path == (tmp_path / "new" / "run").resolve() and fresh.path.is_dir()
+
+
 def test_dev_folds_group_speakers_from_the_recorded_manifest(tmp_path):
     """With the manifest recorded in the members' config.yaml, no speaker is split across dev folds."""
     from sklearn.model_selection import StratifiedGroupKFold
@@ -448,8 +494,8 @@ def test_small_dev_uses_member_weights_and_an_uninformative_member_does_not_hurt
 
 
 def test_dev_folds_too_few_rows_per_class_is_a_clear_error():
-    from fusion_ser.fusion.combine import dev_folds
+    from fusion_ser.fusion.runs import dev_folds
 
     y = np.repeat(np.arange(4), 2)  # 8 dev rows, 2 per class: 3 stratified folds cannot be cut
-    with pytest.raises(FusionError, match=r"cannot cut dev into 3 cross-validation folds.*Lower --folds"):
+    with pytest.raises(FusionError, match=r"cannot cut dev into 3 cross-validation folds.*Use fewer folds"):
         dev_folds("categorical", y, None, 3, seed=0)

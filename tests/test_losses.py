@@ -10,7 +10,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from fusion_ser.config import load_config
 from fusion_ser.evaluation.metrics import ccc as numpy_ccc
-from fusion_ser.training.losses import (
+from fusion_ser.models.losses import (
     build_criterion,
     ccc_loss,
     class_weights,

@@ -55,7 +55,7 @@ def tiny_text_model(tmp_path_factory) -> str:
 
 
 def _train(corpus, out, overrides):
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.job import train_run
 
     cfg = load_config(None, ["train.epochs=1", "train.batch_size=8", "train.cache_features=false",
                              "head.hidden_dim=32", "pooling.type=mean", *overrides])

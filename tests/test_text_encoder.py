@@ -210,9 +210,10 @@ def test_text_lora_run_trains_only_adapters_and_head_and_reloads_to_identical_pr
 
     from fusion_ser.config import config_from_dict
     from fusion_ser.data.manifest import read_manifest
-    from fusion_ser.models import load_model
+    from fusion_ser.models.io import load_model
     from fusion_ser.rundir import RunDir
-    from fusion_ser.training.trainer import predict_frame, train_run
+    from fusion_ser.training.inference import predict_frame
+    from fusion_ser.training.job import train_run
 
     manifest = _text_manifest(tmp_path / "m.csv")
     cfg = config_from_dict({"modality": "text", "text_encoder": {"name_or_path": tiny_llama, "lora": {"r": 4}},
@@ -240,9 +241,10 @@ def test_text_lora_run_trains_only_adapters_and_head_and_reloads_to_identical_pr
 def test_frozen_text_run_uses_the_feature_cache_and_matches_uncached_prediction(tmp_path):
     from fusion_ser.config import config_from_dict
     from fusion_ser.data.manifest import read_manifest
-    from fusion_ser.models import load_model
+    from fusion_ser.models.io import load_model
     from fusion_ser.rundir import RunDir
-    from fusion_ser.training.trainer import predict_frame, train_run
+    from fusion_ser.training.inference import predict_frame
+    from fusion_ser.training.job import train_run
 
     manifest = _text_manifest(tmp_path / "m.csv")
     cfg = config_from_dict({"modality": "text", "text_encoder": {"finetune": "frozen"}, "head": {"hidden_dim": 16},

@@ -107,7 +107,7 @@ def tiny_cfg(model_dir: str, *extra: str, cache_dir: Path | None = None):
 
 @pytest.fixture(scope="session")
 def wavlm_run(corpus, ssl_models, tmp_path_factory) -> Path:
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.job import train_run
 
     out = tmp_path_factory.mktemp("runs") / "wavlm"
     train_run(tiny_cfg(ssl_models["wavlm"], "train.report=true"), corpus, out)
@@ -140,7 +140,7 @@ def test_wavlm_learns_far_above_chance_and_writes_run_dir(wavlm_run: Path) -> No
 
 @pytest.mark.parametrize("kind", ["wav2vec2", "hubert"])
 def test_other_ssl_models_learn(kind, corpus, ssl_models, tmp_path) -> None:
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.job import train_run
 
     run = train_run(tiny_cfg(ssl_models[kind], "train.epochs=3"), corpus, tmp_path / kind)
     assert run.read_metrics()["dev"]["macro_f1"] >= 0.6
@@ -148,8 +148,8 @@ def test_other_ssl_models_learn(kind, corpus, ssl_models, tmp_path) -> None:
 
 def test_saved_run_reloads_and_predicts_identically(wavlm_run: Path, corpus: Path) -> None:
     from fusion_ser.data.manifest import read_manifest
-    from fusion_ser.models import load_model
-    from fusion_ser.training.trainer import predict_frame
+    from fusion_ser.models.io import load_model
+    from fusion_ser.training.inference import predict_frame
 
     model, cfg, labels = load_model(wavlm_run / "model")
     assert labels == sorted(CLASSES)
@@ -164,7 +164,8 @@ def test_saved_run_reloads_and_predicts_identically(wavlm_run: Path, corpus: Pat
 
 
 def test_resume_after_interruption_gives_identical_metrics(corpus, ssl_models, tmp_path) -> None:
-    from fusion_ser.training.trainer import Trainer, train_run
+    from fusion_ser.training.job import train_run
+    from fusion_ser.training.trainer import Trainer
 
     class Interrupted(Exception):
         pass
@@ -191,7 +192,8 @@ def test_resume_after_interruption_gives_identical_metrics(corpus, ssl_models, t
 
 
 def test_resume_refuses_a_different_config(corpus, ssl_models, tmp_path) -> None:
-    from fusion_ser.training.trainer import Trainer, TrainError, train_run
+    from fusion_ser.training.job import train_run
+    from fusion_ser.training.trainer import Trainer, TrainError
 
     class StopAtOne(Trainer):
         def on_epoch_end(self, epoch, row):
@@ -206,7 +208,7 @@ def test_resume_refuses_a_different_config(corpus, ssl_models, tmp_path) -> None
 
 def test_attributes_task_trains_and_writes_pred_columns(corpus, ssl_models, tmp_path) -> None:
     from fusion_ser.evaluation.metrics import ccc
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.job import train_run
 
     cfg = tiny_cfg(ssl_models["wavlm"], "task=attributes", "data.attributes=[arousal, valence]",
                    "head.per_attribute=true", "train.epochs=4")
@@ -223,7 +225,7 @@ def test_attributes_task_trains_and_writes_pred_columns(corpus, ssl_models, tmp_
 
 
 def test_frozen_encoder_trains_from_feature_cache(corpus, ssl_models, tmp_path) -> None:
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.job import train_run
 
     cache = tmp_path / "cache"
     cfg = tiny_cfg(ssl_models["wavlm"], "audio_encoder.finetune=frozen", "train.cache_features=true",
@@ -236,7 +238,7 @@ def test_frozen_encoder_trains_from_feature_cache(corpus, ssl_models, tmp_path) 
 def test_corrupt_clip_is_skipped_with_a_count(corpus, ssl_models, tmp_path) -> None:
     import shutil
 
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.job import train_run
 
     root = tmp_path / "c"
     shutil.copytree(corpus.parent, root)
@@ -270,8 +272,9 @@ def tiny_bert(tmp_path_factory) -> str:
 
 def test_text_modality_trains_with_lora_and_reloads(corpus, tiny_bert, tmp_path) -> None:
     from fusion_ser.data.manifest import read_manifest
-    from fusion_ser.models import load_model
-    from fusion_ser.training.trainer import predict_frame, train_run
+    from fusion_ser.models.io import load_model
+    from fusion_ser.training.inference import predict_frame
+    from fusion_ser.training.job import train_run
 
     cfg = load_config(None, ["modality=text", f"text_encoder.name_or_path={tiny_bert}", "text_encoder.finetune=lora",
                              "text_encoder.lora.r=4", "text_encoder.max_length=16", "head.hidden_dim=32",
@@ -289,17 +292,18 @@ def test_text_modality_trains_with_lora_and_reloads(corpus, tiny_bert, tmp_path)
 
 
 def test_errors_name_what_is_missing(corpus, ssl_models, tmp_path) -> None:
-    from fusion_ser.training.trainer import TrainError, train_run
+    from fusion_ser.data.selection import SelectionError
+    from fusion_ser.training.job import train_run
 
     df = pd.read_csv(corpus)
     no_dev = tmp_path / "no_dev.csv"
     df[df["split"] != "dev"].assign(path=lambda d: [str(corpus.parent / p) for p in d["path"]]).to_csv(no_dev, index=False)
-    with pytest.raises(TrainError, match="no dev rows labelled"):
+    with pytest.raises(SelectionError, match="no dev rows labelled"):
         train_run(tiny_cfg(ssl_models["wavlm"]), no_dev, tmp_path / "a")
     no_text = tmp_path / "no_text.csv"
     df.assign(path=lambda d: [str(corpus.parent / p) for p in d["path"]],
               text=lambda d: np.where(d.index % 9 == 0, "", d["text"])).to_csv(no_text, index=False)
-    with pytest.raises(TrainError, match=r"8 row\(s\) have no text \(train: 6, dev: 1, test: 1.*fusion-ser transcribe"):
+    with pytest.raises(SelectionError, match=r"8 row\(s\) have no text \(train: 6, dev: 1, test: 1.*fusion-ser transcribe"):
         train_run(tiny_cfg(ssl_models["wavlm"], "modality=text"), no_text, tmp_path / "b")
     from fusion_ser.cli.main import main
 
@@ -333,12 +337,13 @@ def test_cli_cv_trains_every_fold_and_averages(ssl_models, tmp_path) -> None:
 
 def test_standardize_frames_uses_train_set_statistics(corpus, ssl_models, tmp_path) -> None:
     from fusion_ser.data.manifest import read_manifest
-    from fusion_ser.models import load_model
-    from fusion_ser.training.cache import FeatureCache
-    from fusion_ser.training.trainer import feature_caches, predict_frame, train_run
+    from fusion_ser.models.io import load_model
+    from fusion_ser.data.feature_cache import FeatureCache
+    from fusion_ser.training.inference import predict_frame
+    from fusion_ser.training.job import feature_caches, train_run
 
     cache_dir = tmp_path / "cache"
-    cfg = tiny_cfg(ssl_models["wavlm"], "audio_encoder.finetune=frozen", "audio_encoder.layer_weighting=false",
+    cfg = tiny_cfg(ssl_models["wavlm"], "audio_encoder.finetune=frozen", "audio_encoder.layers=last",
                    "train.cache_features=true", "head.standardize_frames=true", "head.standardize_pooled=true",
                    "train.epochs=1", cache_dir=cache_dir)
     run = train_run(cfg, corpus, tmp_path / "std")
@@ -361,7 +366,7 @@ def test_standardize_frames_uses_train_set_statistics(corpus, ssl_models, tmp_pa
 
 
 def test_soft_labels_keep_no_agreement_rows_only_when_asked(corpus, ssl_models, tmp_path) -> None:
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.job import train_run
 
     df = pd.read_csv(corpus)
     df["path"] = [str(corpus.parent / p) for p in df["path"]]
@@ -379,8 +384,8 @@ def test_soft_labels_keep_no_agreement_rows_only_when_asked(corpus, ssl_models, 
 
 
 def test_speed_perturbed_cache_copies_for_train_only_and_reused(corpus, ssl_models, tmp_path, monkeypatch) -> None:
-    from fusion_ser.training.cache import FeatureCache
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.data.feature_cache import FeatureCache
+    from fusion_ser.training.job import train_run
 
     requests: list[tuple[str, float]] = []
     computed: list[str] = []
@@ -421,7 +426,7 @@ def test_speed_perturbed_cache_copies_for_train_only_and_reused(corpus, ssl_mode
 def test_speed_perturbation_on_the_fly_for_a_fine_tuned_encoder(corpus, ssl_models, tmp_path, monkeypatch) -> None:
     import fusion_ser.data.dataset as dataset_module
     from fusion_ser.data.augment import speed_perturb
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.job import train_run
 
     calls: list[tuple[int, int, float]] = []
 
@@ -461,8 +466,9 @@ class FitSpy:
 
 def test_refit_on_dev_predicts_test_with_a_train_plus_dev_model(corpus, ssl_models, tmp_path) -> None:
     from fusion_ser.data.manifest import read_manifest
-    from fusion_ser.models import load_model
-    from fusion_ser.training.trainer import feature_caches, predict_frame, train_run
+    from fusion_ser.models.io import load_model
+    from fusion_ser.training.inference import predict_frame
+    from fusion_ser.training.job import feature_caches, train_run
 
     common = ["audio_encoder.finetune=frozen", "train.cache_features=true", "optim.lr_head=0.01", "train.epochs=4"]
     plain = train_run(tiny_cfg(ssl_models["wavlm"], *common, cache_dir=tmp_path / "cache"), corpus, tmp_path / "a")
@@ -489,7 +495,7 @@ def test_refit_on_dev_predicts_test_with_a_train_plus_dev_model(corpus, ssl_mode
 
 
 def test_resume_is_exact_with_speed_perturbation_and_refit(corpus, ssl_models, tmp_path) -> None:
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.job import train_run
 
     cfg = tiny_cfg(ssl_models["wavlm"], "head.dropout=0.3", "data.speed_perturb=[0.9, 1.0, 1.1]",
                    "train.refit_on_dev=true", "train.epochs=3", "data.max_train_seconds=0.6", "optim.ema_decay=0.9",
@@ -515,7 +521,7 @@ def test_resume_is_exact_with_speed_perturbation_and_refit(corpus, ssl_models, t
 def test_fusion_model_trains_with_rows_without_text(corpus, tiny_bert, tmp_path, caplog) -> None:
     import logging
 
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.job import train_run
 
     df = pd.read_csv(corpus)
     df["path"] = [str(corpus.parent / p) for p in df["path"]]
@@ -582,8 +588,9 @@ def test_weight_ema_matches_numpy_and_restores_raw_weights() -> None:
 
 def test_ema_weights_are_the_ones_selected_and_saved(corpus, ssl_models, tmp_path) -> None:
     """model/ holds the EMA (computed here in numpy from the raw weights after every step) at the best epoch."""
-    from fusion_ser.models import load_model
-    from fusion_ser.training.trainer import Trainer, train_run
+    from fusion_ser.models.io import load_model
+    from fusion_ser.training.job import train_run
+    from fusion_ser.training.trainer import Trainer
 
     steps: list[dict[str, np.ndarray]] = []
     ends: dict[int, int] = {}
@@ -624,10 +631,10 @@ def test_whisper_all_layers_trains_from_cache_and_predicts_on_raw_audio(corpus, 
     """The offline encoder on every layer: trained on cached (L+1, T, D) stacks, reloaded, and run on the wav files
     without the cache gives the written test predictions (float16 cache vs float32 frames: close, same labels)."""
     import fusion_ser
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.job import train_run
 
-    cfg = load_config(None, ["audio_encoder.type=ct2_whisper", "audio_encoder.layer_weighting=true",
-                             f"audio_encoder.layer_combine={combine}", "pooling.type=mean_std",
+    cfg = load_config(None, ["audio_encoder.type=ct2_whisper",
+                             f"audio_encoder.layers={combine}", "pooling.type=mean_std",
                              "head.standardize_pooled=true", "head.hidden_dim=32", "train.epochs=6",
                              "train.batch_size=8", "optim.lr_head=0.003", "optim.warmup_ratio=0.0",
                              "optim.ema_decay=0.9", "train.report=false", f"train.cache_dir={tmp_path / 'cache'}"])

@@ -31,13 +31,12 @@ def command(runs: tuple[Path, ...], baseline: Path, output: Path, fmt: Optional[
             n_boot: int, n_perm: int, seed: int, by_speaker: bool, manifest: Optional[Path]) -> None:
     """Rank RUNS (and the baseline) on one split with 95 % intervals and paired tests against the baseline."""
     from fusion_ser.evaluation.compare import compare_runs, write_comparison
-    from fusion_ser.evaluation.metrics import primary_key
-    from fusion_ser.rundir import RunInfo
+    from fusion_ser.evaluation.metrics import primary_metric
 
     comp = compare_runs(list(runs), baseline, split=split, intersect=intersect, n_boot=n_boot, n_perm=n_perm,
                         seed=seed, by_speaker=by_speaker, manifest=manifest)
     path = write_comparison(comp, output, fmt)
-    key = primary_key(RunInfo(kind="model", task=comp.task))
+    key = primary_metric(comp.task)
     click.echo(f"{split}: {comp.n} utterances; ranked by {key}")
     for _, row in comp.table.iterrows():
         delta = "baseline" if row["baseline"] else f"{row[f'delta_{key}']:+.4f} (p={row[f'p_{key}']:.3f})"

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import click
 
 from fusion_ser.cli.common import handle_errors
-from fusion_ser.fusion.combine import CombinedRun
+from fusion_ser.evaluation.metrics import headline_keys, higher_is_better, primary_key
+from fusion_ser.fusion.runs import CombinedRun
+from fusion_ser.rundir import RunExistsError
 
 
-def figure_keys(result: CombinedRun) -> list[str]:
-    """The columns of the summary: the leaderboard figures of the task."""
-    if result.info.task == "categorical":
-        return ["macro_f1", "micro_f1", "uar"]
-    return [f"ccc_{a}" for a in result.info.attributes] + ["ccc_mean"]
+@contextmanager
+def output_options() -> Iterator[None]:
+    """Name the command's --force option in the library's refusal to replace an existing run."""
+    try:
+        yield
+    except RunExistsError as e:
+        raise click.ClickException(f"{e} (--force)") from None
 
 
 def summary_lines(result: CombinedRun, title: str) -> list[str]:
     """A one-screen summary: members, method, and dev (CV) / test figures of the combined run vs each member."""
-    keys = figure_keys(result)
+    keys = headline_keys(result.info)
     splits = [s for s in result.splits if s in result.metrics]
     dev_note = (
         f"dev figures of the {result.info.kind} run are out-of-fold ({result.n_folds}-fold CV inside dev"
@@ -43,12 +50,14 @@ def summary_lines(result: CombinedRun, title: str) -> list[str]:
         lines.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     if not splits:
         lines.append("(no split has ground truth: no figures)")
-    key = keys[0] if result.info.task == "categorical" else keys[-1]
+    key = primary_key(result.info)
+    sign = 1.0 if higher_is_better(key) else -1.0  # compare sign * value: larger is better
     fused_dev = result.metrics.get("dev", {}).get(key)
-    best = max(((m.get("dev", {}).get(key), name) for name, m in result.member_metrics.items()
-                if m.get("dev", {}).get(key) is not None), default=None)
-    if fused_dev is not None and best is not None and fused_dev < best[0]:
-        lines.append(f"note: dev {key} of the {result.info.kind} run ({fused_dev:.4f}) is below that of {best[1]} "
+    members_dev = [(m["dev"][key], name) for name, m in result.member_metrics.items()
+                   if m.get("dev", {}).get(key) is not None]
+    best = max(members_dev, key=lambda vn: sign * vn[0], default=None)
+    if fused_dev is not None and best is not None and sign * fused_dev < sign * best[0]:
+        lines.append(f"note: dev {key} of the {result.info.kind} run ({fused_dev:.4f}) is worse than that of {best[1]} "
                      f"({best[0]:.4f}); a member's dev figure is optimistic when its checkpoint was selected on dev")
     return lines
 
@@ -91,8 +100,9 @@ def command(runs, output, method, form, prior, balanced_subset, folds, C, alpha,
     """Fuse trained runs on their dev predictions into a new run dir (evaluate, compare and predict work on it)."""
     from fusion_ser.fusion.late import late_fuse
 
-    result = late_fuse(
-        list(runs), output, method=method, form=form, prior=prior, balanced=balanced_subset, folds=folds, C=C,
-        alpha=alpha, grid_step=grid_step, seed=seed, force=force,
-    )
+    with output_options():
+        result = late_fuse(
+            list(runs), output, method=method, form=form, prior=prior, balanced=balanced_subset, folds=folds, C=C,
+            alpha=alpha, grid_step=grid_step, seed=seed, force=force,
+        )
     click.echo("\n".join(summary_lines(result, "fused run")))

@@ -9,6 +9,7 @@ import click
 
 from fusion_ser.cli.common import handle_errors
 from fusion_ser.errors import FusionSerError
+from fusion_ser.rundir import attr_pred_columns, prob_columns
 
 
 def audio_extensions() -> set[str]:
@@ -46,8 +47,9 @@ def flat_rows(result: dict) -> list[dict]:
         r = {"input": result["input"], "segment": segment, "start": start, "end": end}
         if "label" in values:
             r["label"] = values["label"]
-            r.update({f"prob_{c}": p for c, p in values["probs"].items()})
-        r.update({f"{a}_pred": v for a, v in values.get("attributes", {}).items()})
+            r.update(dict(zip(prob_columns(list(values["probs"])), values["probs"].values())))
+        attributes = values.get("attributes", {})
+        r.update(dict(zip(attr_pred_columns(list(attributes)), attributes.values())))
         r["transcript"] = values.get("transcript")
         return r
 
@@ -106,15 +108,10 @@ def command(run: str, inputs: tuple[str, ...], output: str, segment_length, hop,
     if not files:
         raise FusionSerError(f"no audio files found in {', '.join(inputs)} (looked for {', '.join(sorted(audio_extensions())[:8])}, ...)")
     predictor = load(run, device=device)
-    results: list[dict] = []
-    stage_seconds: dict[str, float] = {}
     with tqdm(total=len(files), unit="file", desc="predict") as bar:
-        for start in range(0, len(files), batch_size):
-            chunk = files[start: start + batch_size]
-            results.extend(predictor.predict(chunk, batch_size=batch_size, segment=segment, on_error="skip"))
-            for stage, sec in predictor.last_timings.items():
-                stage_seconds[stage] = stage_seconds.get(stage, 0.0) + sec
-            bar.update(len(chunk))
+        results = predictor.predict(files, batch_size=batch_size, segment=segment, on_error="skip",
+                                    progress=bar.update)
+    stage_seconds = predictor.last_timings
     failed = [r for r in results if "error" in r]
     good = [r for r in results if "error" not in r]
     write_output(results, out)

@@ -7,20 +7,11 @@ from pathlib import Path
 from typing import Optional
 
 import click
-import pandas as pd
-import yaml
 from tqdm import tqdm
 
 from fusion_ser.cli.common import handle_errors
-from fusion_ser.data.audio import audio_durations
-from fusion_ser.data.corpora import CORPORA, CorpusError, get_corpus, prepare_corpus
-from fusion_ser.data.manifest import (
-    KNOWN_LABELS,
-    check_manifest_audio,
-    summarize,
-    validate_manifest,
-    write_manifest,
-)
+from fusion_ser.data.corpora import CORPORA, CorpusError, get_corpus
+from fusion_ser.data.prepare import adapter_options, prepare_manifest
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -31,21 +22,6 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
-
-
-def _options(corpus: str, sets: dict[str, str], cols: dict, maps: dict, split_maps: dict) -> dict:
-    options: dict = {k: yaml.safe_load(v) if v else None for k, v in sets.items()}
-    if corpus == "csv":
-        given = {"columns": cols, "label_map": maps, "split_map": split_maps}
-        options.update({k: v for k, v in given.items() if v})
-    elif cols or split_maps:
-        raise CorpusError(f"--col and --split-map are options of the csv corpus, not of '{corpus}'")
-    return options
-
-
-def rejected_path(manifest: Path) -> Path:
-    """Where --check-audio writes the bad files: `<manifest>.rejected.csv`."""
-    return manifest.with_name(manifest.name + ".rejected.csv")
 
 
 def _print_summary(s: dict, output: Path) -> None:
@@ -98,27 +74,23 @@ def command(corpus: str, root: Path, output: Path, check_audio: bool, strict: bo
     """Turn CORPUS at ROOT into a manifest CSV and print a summary (rows per split and label, speakers, hours)."""
     spec = get_corpus(corpus)
     label_map = _pairs(maps, "--map")
-    options = _options(spec.name, _pairs(sets, "--set"), _pairs(cols, "--col"), label_map,
-                       _pairs(split_maps, "--split-map"))
-    df = prepare_corpus(spec.name, root, options, folds=folds, seed=seed)
-    if label_map and spec.name != "csv":
-        df["label"] = df["label"].replace(label_map)
+    columns, split_map = _pairs(cols, "--col"), _pairs(split_maps, "--split-map")
+    if spec.name != "csv" and (columns or split_map):
+        raise CorpusError(f"--col and --split-map are options of the csv corpus, not of '{spec.name}'")
+    options = adapter_options(spec.name, _pairs(sets, "--set"), columns, label_map, split_map)
     extra = {x.strip() for x in (labels or "").split(",") if x.strip()}
-    known = set(KNOWN_LABELS) | extra | set(label_map.values())
-    validate_manifest(df, f"{spec.name} corpus at {root}", labels=known, attribute_range=spec.attribute_range,
-                      check_files=not check_audio)
-    rejected = pd.DataFrame()
+    with tqdm(desc="checking audio", unit="file", disable=not check_audio) as bar:
+        def tick(n: int, total: int) -> None:
+            bar.total = total
+            bar.update(n)
+
+        result = prepare_manifest(spec.name, root, output, options=options, label_map=label_map, extra_labels=extra,
+                                  folds=folds, seed=seed, check_audio=check_audio, min_seconds=min_seconds,
+                                  progress=tick)
+    _print_summary(result.summary, output)
     if check_audio:
-        checked = int((df["path"] != "").sum())
-        with tqdm(total=checked, desc="checking audio", unit="file") as bar:
-            df, rejected = check_manifest_audio(df, progress=bar.update, min_seconds=min_seconds)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        rejected.to_csv(rejected_path(output), index=False)
-    write_manifest(df, output)
-    durations = audio_durations(df["path"])
-    _print_summary(summarize(df, durations if (df["path"] != "").any() else None), output)
-    if check_audio:
-        click.echo(f"Rejected {len(rejected)} of {checked} audio files"
-                   + (f"; reasons in {rejected_path(output)}" if len(rejected) else ""))
-        if strict and len(rejected):
-            raise CorpusError(f"{len(rejected)} audio file(s) failed the check (--strict); see {rejected_path(output)}")
+        click.echo(f"Rejected {len(result.rejected)} of {result.checked} audio files"
+                   + (f"; reasons in {result.rejected_path}" if len(result.rejected) else ""))
+        if strict and len(result.rejected):
+            raise CorpusError(f"{len(result.rejected)} audio file(s) failed the check (--strict); "
+                              f"see {result.rejected_path}")

@@ -8,10 +8,11 @@ from typing import Any, Optional
 import click
 
 from fusion_ser.cli.common import handle_errors
+from fusion_ser.config import Config, choices
 
 
 class ProgressPrinter:
-    """Renders the trainer's progress events as tqdm bars (one per epoch, one for the feature cache)."""
+    """Renders the trainer's progress events as tqdm bars (one per epoch, one for the feature cache) and lines."""
 
     def __init__(self) -> None:
         self.bar: Any = None
@@ -21,45 +22,45 @@ class ProgressPrinter:
             self.bar.close()
             self.bar = None
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: Any) -> None:
         from tqdm import tqdm
 
-        kind = event["event"]
-        if kind == "fold":
+        from fusion_ser.training import events as E
+
+        if isinstance(event, E.FoldStarted):
             self._close()
-            click.echo(f"== fold {event['fold']} of {event['folds']} ==")
-        elif kind == "start":
-            verb = "resuming" if event["resume"] else "training"
-            click.echo(f"{verb}: {event['n_train']} train, {event['n_dev']} dev, {event['n_test']} test utterances "
-                       f"({event['skipped']})")
-        elif kind == "cache_start":
+            click.echo(f"== fold {event.fold} of {event.folds} ==")
+        elif isinstance(event, E.RunStarted):
+            verb = "resuming" if event.resume else "training"
+            click.echo(f"{verb}: {event.n_train} train, {event.n_dev} dev, {event.n_test} test utterances "
+                       f"({event.skipped})")
+        elif isinstance(event, E.CacheStarted):
             self._close()
-            self.bar = tqdm(total=event["items"], desc=f"caching {event['modality']} features", unit="utt")
-        elif kind == "cache_step":
+            self.bar = tqdm(total=event.items, desc=f"caching {event.modality} features", unit="utt")
+        elif isinstance(event, E.CacheProgress):
             if self.bar is not None:
-                self.bar.update(event["n"])
-        elif kind == "epoch_start":
+                self.bar.update(event.n)
+        elif isinstance(event, E.EpochStarted):
             self._close()
-            self.bar = tqdm(total=event["steps"], desc=f"epoch {event['epoch']}/{event['epochs']}", unit="batch")
-        elif kind == "step":
+            self.bar = tqdm(total=event.steps, desc=f"epoch {event.epoch}/{event.epochs}", unit="batch")
+        elif isinstance(event, E.StepDone):
             if self.bar is not None:
-                self.bar.n = event["step"]
-                self.bar.set_postfix(loss=f"{event['loss']:.4f}", utt_s=f"{event['utt_per_s']:.1f}", refresh=False)
+                self.bar.n = event.step
+                self.bar.set_postfix(loss=f"{event.loss:.4f}", utt_s=f"{event.utt_per_s:.1f}", refresh=False)
                 self.bar.refresh()
-        elif kind == "epoch_end":
+        elif isinstance(event, E.EpochEnded) and event.refit:
+            self._close()
+            click.echo(f"refit epoch {event.epoch}/{event.epochs} on train+dev: train loss "
+                       f"{event.train_loss:.4f}, {event.utt_per_s:.1f} utt/s")
+        elif isinstance(event, E.EpochEnded):
             if self.bar is not None:
                 self.bar.n = self.bar.total
-                self.bar.set_postfix(loss=f"{event['train_loss']:.4f}", utt_s=f"{event['utt_per_s']:.1f}",
-                                     **{f"dev_{event['metric']}": f"{event['dev']:.4f}"}, refresh=False)
+                self.bar.set_postfix(loss=f"{event.train_loss:.4f}", utt_s=f"{event.utt_per_s:.1f}",
+                                     **{f"dev_{event.metric}": f"{event.dev:.4f}"}, refresh=False)
             self._close()
-            mark = " *" if event["best"] else ""
-            click.echo(f"epoch {event['epoch']}: train loss {event['train_loss']:.4f}, {event['utt_per_s']:.1f} utt/s, "
-                       f"dev {event['metric']} {event['dev']:.4f}{mark}")
-
-        elif kind == "refit_epoch_end":
-            self._close()
-            click.echo(f"refit epoch {event['epoch']}/{event['epochs']} on train+dev: train loss "
-                       f"{event['train_loss']:.4f}, {event['utt_per_s']:.1f} utt/s")
+            mark = " *" if event.best else ""
+            click.echo(f"epoch {event.epoch}: train loss {event.train_loss:.4f}, {event.utt_per_s:.1f} utt/s, "
+                       f"dev {event.metric} {event.dev:.4f}{mark}")
 
     def close(self) -> None:
         """Close any open bar."""
@@ -67,27 +68,22 @@ class ProgressPrinter:
 
 
 def _headline(metrics: dict, task: str) -> str:
-    keys = ["macro_f1", "micro_f1", "uar"] if task == "categorical" else ["ccc_arousal", "ccc_valence", "ccc_dominance", "ccc_mean"]
+    from fusion_ser.evaluation.metrics import headline_metrics
+
+    attributes = [k.removeprefix("ccc_") for k in metrics if k.startswith("ccc_") and k != "ccc_mean"]  # scored ones
+    keys = headline_metrics(task, attributes)
     return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float)))
 
 
 def _resume_config(out_dir: Path, overrides: list[str]) -> Any:
-    """The resolved config of an unfinished run dir (its `_run` provenance dropped), with overrides applied."""
-    import tempfile
-
-    import yaml
-
-    from fusion_ser.config import ConfigError, load_config
+    """The resolved config of an unfinished run dir, with overrides applied."""
+    from fusion_ser.config import ConfigError
+    from fusion_ser.rundir import load_run_config
 
     saved = out_dir / "config.yaml"
     if not saved.is_file():
         raise ConfigError("no config given: pass -c CONFIG.yaml (only an unfinished run dir can be resumed without one)")
-    values = yaml.safe_load(saved.read_text()) or {}
-    values.pop("_run", None)
-    with tempfile.TemporaryDirectory() as tmp:
-        stripped = Path(tmp) / "config.yaml"
-        stripped.write_text(yaml.safe_dump(values, sort_keys=False))
-        return load_config(stripped, overrides)
+    return load_run_config(saved, overrides)[0]
 
 
 @click.command("train")
@@ -97,7 +93,7 @@ def _resume_config(out_dir: Path, overrides: list[str]) -> Any:
               help="Manifest CSV to train on (default: data.manifest of the config).")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Run directory to write; an unfinished one is resumed from its last checkpoint.")
-@click.option("--modality", type=click.Choice(["audio", "text", "both"]), default=None,
+@click.option("--modality", type=click.Choice(choices(Config, "modality")), default=None,
               help="Override the config's modality.")
 @click.option("--fold", type=int, default=None, help="Train on fold K of the manifest's fold column (K test, K+1 dev).")
 @click.option("--cv", is_flag=True, default=False, help="Train every fold into OUT/fold_k and average (cv_metrics.json).")
@@ -111,7 +107,7 @@ def command(config_path: Optional[str], manifest: Optional[str], out_dir: str, m
     """
     from fusion_ser.config import ConfigError, load_config
     from fusion_ser.training import distributed as D
-    from fusion_ser.training.trainer import train_cv, train_run
+    from fusion_ser.training.job import train_cv, train_run
 
     extra = list(overrides)
     if modality:
@@ -145,9 +141,12 @@ def command(config_path: Optional[str], manifest: Optional[str], out_dir: str, m
 def _cv_summary(summary: dict, out_dir: Path, task: str) -> None:
     """Mean ± std of the headline metrics over folds."""
     click.echo(f"\n{summary['folds']}-fold cross-validation written to {out_dir / 'cv_metrics.json'}")
-    keys = ["macro_f1", "uar"] if task == "categorical" else ["ccc_mean"]
+    from fusion_ser.evaluation.metrics import headline_metrics
+
     for split in ("dev", "test"):
         if split in summary:
+            attributes = [k.removeprefix("ccc_") for k in summary[split] if k.startswith("ccc_") and k != "ccc_mean"]
+            keys = headline_metrics(task, attributes)
             figs = ", ".join(f"{k} {summary[split][k]['mean']:.4f} ± {summary[split][k]['std']:.4f}"
                              for k in keys if k in summary[split])
             click.echo(f"  {split}: {figs}")

@@ -15,6 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from fusion_ser.data.schema import SAMPLE_RATE
 from fusion_ser.errors import FusionSerError
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def _read(path: str | Path) -> tuple[np.ndarray, int]:
     return data, rate
 
 
-def to_mono_16k(data: np.ndarray, rate: int, sample_rate: int = 16000) -> np.ndarray:
+def to_mono_16k(data: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Average channels of a (frames,) or (frames, channels) array and resample with soxr to `sample_rate`."""
     x = np.asarray(data, dtype=np.float32)
     if x.ndim == 2:
@@ -60,19 +61,35 @@ def to_mono_16k(data: np.ndarray, rate: int, sample_rate: int = 16000) -> np.nda
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def load_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = 0.1) -> np.ndarray:
-    """Decode a clip to mono float32 at `sample_rate`; raise AudioError for unreadable/empty/bad/short clips."""
-    data, rate = _read(path)
+def check_samples(data: np.ndarray, rate: int, source: str | Path, min_seconds: float = 0.1) -> None:
+    """Raise AudioError naming `source` when samples ((frames,) or (frames, channels)) are empty, non-finite,
+    all zero, or shorter than min_seconds: the one check of decoded files and of arrays given in memory."""
     if data.size == 0:
-        raise AudioError(path, "empty", "no audio frames")
+        raise AudioError(source, "empty", "no audio frames")
     if not np.isfinite(data).all():
-        raise AudioError(path, "non-finite", "contains NaN or infinite samples")
+        raise AudioError(source, "non-finite", "contains NaN or infinite samples")
     if not np.any(data):
-        raise AudioError(path, "silent", "every sample is zero")
+        raise AudioError(source, "silent", "every sample is zero")
     seconds = data.shape[0] / rate
     if seconds < min_seconds:
-        raise AudioError(path, "too short", f"{seconds:.3f} s < {min_seconds} s")
+        raise AudioError(source, "too short", f"{seconds:.3f} s < {min_seconds} s")
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.1) -> np.ndarray:
+    """Decode a clip to mono float32 at `sample_rate`; raise AudioError for unreadable/empty/bad/short clips."""
+    data, rate = _read(path)
+    check_samples(data, rate, path, min_seconds)
     return to_mono_16k(data, rate, sample_rate)
+
+
+def waveform(samples: np.ndarray, source: str, min_seconds: float = 0.1,
+             sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """An in-memory mono waveform at `sample_rate`, checked like a decoded file; AudioError names `source`."""
+    wav = np.asarray(samples, dtype=np.float32)
+    if wav.ndim != 1:
+        raise AudioError(source, "not mono", f"expected a 1-D waveform at {sample_rate} Hz, got shape {wav.shape}")
+    check_samples(wav, sample_rate, source, min_seconds)
+    return np.ascontiguousarray(wav)
 
 
 def audio_duration(path: str | Path) -> float:
@@ -100,7 +117,7 @@ def _truncation(path: str | Path) -> Optional[str]:
     return f"header declares {declared} data bytes, file holds {actual}"
 
 
-def check_clip(path: str | Path, sample_rate: int = 16000, min_seconds: float = 0.1) -> None:
+def check_clip(path: str | Path, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.1) -> None:
     """Fully decode a clip and check its header for truncation; raise AudioError when it is not usable."""
     load_audio(path, sample_rate=sample_rate, min_seconds=min_seconds)
     detail = _truncation(path)
@@ -111,7 +128,7 @@ def check_clip(path: str | Path, sample_rate: int = 16000, min_seconds: float = 
 def check_audio(
     paths: Iterable[str | Path],
     progress: Optional[Callable[[int], object]] = None,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     min_seconds: float = 0.1,
 ) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Decode every clip; return a boolean ok mask (one per path) and the rejected (path, reason) pairs.

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
+from fusion_ser.data.schema import SAMPLE_RATE
 
-def speed_perturb(wav: np.ndarray, factor: float, sample_rate: int = 16000) -> np.ndarray:
+
+def speed_perturb(wav: np.ndarray, factor: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The clip played `factor` times faster: read as if sampled at factor*rate, resampled back to the rate.
 
     Its length becomes len(wav)/factor (0.9 -> 11 % longer and lower, 1.1 -> shorter and higher), as sox `speed`.

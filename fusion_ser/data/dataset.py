@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,8 @@ from fusion_ser.config import Config
 from fusion_ser.data.audio import AudioError, audio_duration, load_audio
 from fusion_ser.data.augment import speed_perturb
 from fusion_ser.data.schema import SOFT_PREFIX
-from fusion_ser.encoders.base import Encoder
+from fusion_ser.data.feature_cache import FeatureCache
+from fusion_ser.encoders.base import Encoder, pad_frames
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class CachedInput:
 
     modality: str  # audio | text
     encoder: Encoder
-    cache: Any  # fusion_ser.training.cache.FeatureCache
+    cache: FeatureCache
 
 
 class EmotionDataset(Dataset):
@@ -97,8 +98,10 @@ class EmotionDataset(Dataset):
         training: bool,
         durations: Optional[np.ndarray] = None,
         cached: Optional[list[CachedInput]] = None,
+        waveforms: Optional[Sequence[np.ndarray]] = None,
     ):
         self.df = df.reset_index(drop=True)
+        self.waveforms = waveforms  # in-memory audio (row i: waveforms[i], mono at cfg.data.sample_rate) instead of paths
         self.cfg = cfg
         self.labels = list(labels)
         self.training = training
@@ -108,7 +111,10 @@ class EmotionDataset(Dataset):
         self.needs_text = cfg.modality in ("text", "both")
         self.cached = {c.modality: c for c in (cached or [])}
         if durations is None and self.needs_audio:
-            durations = np.array([audio_duration(p) for p in self.df["path"]], dtype=np.float64)
+            if waveforms is not None:
+                durations = np.array([len(w) / cfg.data.sample_rate for w in waveforms], dtype=np.float64)
+            else:
+                durations = np.array([audio_duration(p) for p in self.df["path"]], dtype=np.float64)
         self.durations = durations
         index = {c: i for i, c in enumerate(self.labels)}
         self.label_idx = self.df["label"].map(lambda x: index.get(str(x), -1)).to_numpy(np.int64)
@@ -118,7 +124,6 @@ class EmotionDataset(Dataset):
             self.df[attrs].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
             if cfg.task == "attributes" else None
         )
-        self.failures: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.df)
@@ -165,7 +170,10 @@ class EmotionDataset(Dataset):
             max_t = max(1, int(math.ceil(t * seconds / dur))) if dur > 0 else t
             start, stop = self._crop(t, max_t, idx)
             return {"cached_audio": feats[..., start:stop, :]}
-        wav = load_audio(row["path"], sample_rate=self.cfg.data.sample_rate, min_seconds=self.cfg.data.min_seconds)
+        if self.waveforms is not None:
+            wav = self.waveforms[idx]
+        else:
+            wav = load_audio(row["path"], sample_rate=self.cfg.data.sample_rate, min_seconds=self.cfg.data.min_seconds)
         if speed != 1.0:
             wav = speed_perturb(wav, speed, self.cfg.data.sample_rate)
         start, stop = self._crop(len(wav), int(seconds * self.cfg.data.sample_rate), idx)
@@ -179,7 +187,6 @@ class EmotionDataset(Dataset):
                 item.update(self._audio(idx, row))
             except AudioError as e:
                 logger.warning("skipping '%s': %s", item["utt_id"], e)
-                self.failures[item["utt_id"]] = str(e)
                 return None
         cached_text = self.cached.get("text")
         if self.needs_text and cached_text is not None:
@@ -190,18 +197,6 @@ class EmotionDataset(Dataset):
         if self.attributes is not None:
             item["attributes"] = self.attributes[idx]
         return item
-
-
-def _pad_cached(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (..., T_i, D) tensors into (B, ..., T_max, D) zero-padded float32 and a (B, T_max) mask."""
-    t_max = max(t.shape[-2] for t in tensors)
-    first = tensors[0]
-    out = torch.zeros((len(tensors), *first.shape[:-2], t_max, first.shape[-1]), dtype=torch.float32)
-    mask = torch.zeros((len(tensors), t_max), dtype=torch.bool)
-    for i, t in enumerate(tensors):
-        out[i, ..., : t.shape[-2], :] = t.float()
-        mask[i, : t.shape[-2]] = True
-    return out, mask
 
 
 def collate(items: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
@@ -221,7 +216,8 @@ def collate(items: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
         batch["wav"], batch["wav_lengths"] = wav, lengths
     for key in ("cached_audio", "cached_text"):
         if key in kept[0]:
-            batch[key], batch[f"{key}_mask"] = _pad_cached([it[key] for it in kept])
+            padded = pad_frames([it[key] for it in kept], dtype=torch.float32)
+            batch[key], batch[f"{key}_mask"] = padded.features, padded.mask
     batch["label"] = torch.tensor([it["label"] for it in kept], dtype=torch.long)
     if "soft_label" in kept[0]:
         batch["soft_label"] = torch.from_numpy(np.stack([it["soft_label"] for it in kept]))

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from fusion_ser.config import ATTRIBUTES, CATEGORICAL_LABELS
+from fusion_ser.data.schema import ATTRIBUTES, CATEGORICAL_LABELS
 from fusion_ser.data.audio import check_audio
 from fusion_ser.data.schema import NON_CLASS_LABELS, REQUIRED_COLUMNS, SOFT_PREFIX, SPLITS
 from fusion_ser.errors import FusionSerError

@@ -1,4 +1,4 @@
-"""The manifest contract: column names, allowed values, and how missing values are spelled (empty)."""
+"""The manifest contract: column names, label and attribute names, the sample rate, how missing values are spelled."""
 
 from __future__ import annotations
 
@@ -6,5 +6,10 @@ REQUIRED_COLUMNS = ["utt_id", "path", "split", "speaker", "gender", "label", "ar
 OPTIONAL_COLUMNS = ["fold"]  # plus soft-label columns p_<label>
 SPLITS = ["train", "dev", "test"]
 SOFT_PREFIX = "p_"
+# The MSP-Podcast challenge classes (Task 1) and attributes (Task 2): the defaults of a config.
+CATEGORICAL_LABELS = ["anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
+ATTRIBUTES = ["arousal", "valence", "dominance"]
 # Rows the MSP-Podcast adapter keeps but 8-class training leaves out unless a config asks for them.
 NON_CLASS_LABELS = ["other", "no_agreement"]
+# Every waveform inside the package is mono float32 at this rate; data/audio.py converts whatever is on disk.
+SAMPLE_RATE = 16000

@@ -28,12 +28,12 @@ import soundfile as sf
 import soxr
 
 from fusion_ser.data.manifest import write_manifest
+from fusion_ser.data.schema import SAMPLE_RATE
 from fusion_ser.errors import FusionSerError
 
 log = logging.getLogger(__name__)
 
 EMOTIONS = ["anger", "happiness", "neutral", "sadness"]
-SAMPLE_RATE = 16000
 
 # Emotional sentences: templates whose words carry the emotion; {e} is a neutral event, {o} a neutral object.
 EMOTIONAL_TEMPLATES = {

@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pandas as pd
 
@@ -125,9 +125,10 @@ def run_demo(out_dir: str | Path, *, size: str = "full", seed: int = 0, progress
     from fusion_ser.data.manifest import read_manifest, write_manifest
     from fusion_ser.demo.corpus import generate_corpus
     from fusion_ser.evaluation.compare import compare_runs, write_comparison
-    from fusion_ser.evaluation.report import evaluate_run
+    from fusion_ser.evaluation.metrics import primary_key
     from fusion_ser.fusion.late import late_fuse
-    from fusion_ser.training.trainer import train_run
+    from fusion_ser.training.events import EpochEnded
+    from fusion_ser.training.job import train_run
     from fusion_ser.transcribe import TranscriptCache, get_transcriber, transcribe_frame
 
     if size not in SIZES:
@@ -175,13 +176,12 @@ def run_demo(out_dir: str | Path, *, size: str = "full", seed: int = 0, progress
     runs = {"audio": runs_dir / "audio", "text": runs_dir / "text", "late": runs_dir / "late", "both": runs_dir / "both"}
 
     def train(modality: str, stage: str) -> None:
-        def on_event(event: dict) -> None:
-            if event.get("event") == "epoch_end" and event["epoch"] < event["epochs"]:
-                report(stage, event["epoch"], event["epochs"])
+        def on_event(event: Any) -> None:
+            if isinstance(event, EpochEnded) and event.epoch < event.epochs:
+                report(stage, event.epoch, event.epochs)
 
         cfg = demo_config(modality, out, seed, spec["overrides"])
         train_run(cfg, str(manifest), str(runs[modality]), progress=on_event)
-        evaluate_run(runs[modality], n_boot=200, seed=seed, manifest=manifest)
 
     timed("train audio", train, "audio", "train audio")
     timed("train text", train, "text", "train text")
@@ -196,7 +196,7 @@ def run_demo(out_dir: str | Path, *, size: str = "full", seed: int = 0, progress
     write_comparison(comp, comparison)
     write_comparison(comp, reports / "comparison.json")
 
-    metric = "macro_f1"
+    metric = primary_key(RunDir(runs["audio"]).read_info())
     scores = {n: float(RunDir(runs[n]).read_metrics().get("test", {}).get(metric, float("nan"))) for n in names}
     summary = DemoSummary(out_dir=str(out), corpus_manifest=str(corpus_manifest), manifest=str(manifest),
                           runs={n: str(runs[n]) for n in names}, comparison=str(comparison),

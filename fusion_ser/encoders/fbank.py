@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 from fusion_ser.config import AudioEncoderConfig, ConfigError
-from fusion_ser.encoders.audio import AudioEncoder
-from fusion_ser.encoders.base import EncoderOutput
+from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.encoders.base import AudioEncoder, EncoderOutput
 
-SAMPLE_RATE = 16000
 WIN_LENGTH = 400  # 25 ms
 HOP_LENGTH = 160  # 10 ms
 N_FFT = 512

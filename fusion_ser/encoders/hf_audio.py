@@ -1,11 +1,12 @@
 """Hugging Face self-supervised speech models (WavLM, wav2vec2, HuBERT, data2vec-audio, w2v-BERT 2.0) as encoders.
 
 Loaded by name or local path through `AutoModel.from_pretrained`. The CNN feature encoder can stay frozen, the
-transformer is frozen, fully fine-tuned or trained in its top N layers only; the output is the last layer or a
-learned softmax-weighted sum of all hidden states. Frame masks come from the model's own length formula, and the
-attention mask is passed only where Hugging Face says the model wants it (layer-norm feature encoders; group-norm
-models were trained on zero-padded input without one). When the backbone is frozen the encoder is cacheable: the
-cache holds the stack of hidden states (L+1, T, D) when layer weighting is on, so the trainable weights still apply.
+transformer is frozen, fully fine-tuned or trained in its top N layers only; the output is, as `audio_encoder.layers`
+says, the last layer, a learned softmax-weighted sum of all hidden states, or all of them side by side. Frame masks
+come from the model's own length formula, and the attention mask is passed only where Hugging Face says the model
+wants it (layer-norm feature encoders; group-norm models were trained on zero-padded input without one). When the
+backbone is frozen the encoder is cacheable: the cache holds the stack of hidden states (L+1, T, D) unless
+layers=last, so the trainable weights still apply.
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ import torch
 from torch import nn
 
 from fusion_ser.config import AudioEncoderConfig, ConfigError
-from fusion_ser.encoders.audio import (AudioEncoder, AudioEncoderError, cached_output, combine_layers,
+from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.encoders.base import (AudioEncoder, AudioEncoderError, EncoderOutput, cached_output, combine_layers,
                                       split_batch_audio)
-from fusion_ser.encoders.base import EncoderOutput
 
 log = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
 
 
 def _load_feature_extractor(name_or_path: str) -> Any:
@@ -83,12 +82,12 @@ class HFAudioEncoder(AudioEncoder):
         self.do_normalize = bool(getattr(self.extractor, "do_normalize", True))
         self.num_layers = int(mcfg.num_hidden_layers)
         self._dim = int(mcfg.hidden_size)
-        self.stack_layers = bool(cfg.layer_weighting)
-        weighted = cfg.layer_weighting and cfg.layer_combine == "weighted"
+        self.stack_layers = cfg.layers != "last"
+        weighted = cfg.layers == "weighted"
         self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1)) if weighted else None
-        if cfg.layer_weighting and getattr(mcfg, "layerdrop", 0.0):
-            # LayerDrop skips layers in training, which drops their hidden states and breaks the weighted sum.
-            log.info("layer weighting: turning off LayerDrop (%.2f) of %s", mcfg.layerdrop, cfg.name_or_path)
+        if self.stack_layers and getattr(mcfg, "layerdrop", 0.0):
+            # LayerDrop skips layers in training, which drops their hidden states and breaks the weighted sum / concat.
+            log.info("layers=%s: turning off LayerDrop (%.2f) of %s", cfg.layers, mcfg.layerdrop, cfg.name_or_path)
             mcfg.layerdrop = 0.0
         self._set_trainable(cfg)
         if cfg.gradient_checkpointing and cfg.finetune != "frozen":
@@ -115,7 +114,7 @@ class HFAudioEncoder(AudioEncoder):
 
     @property
     def output_dim(self) -> int:
-        if self.stack_layers and self.config.layer_combine == "concat":
+        if self.config.layers == "concat":
             return self._dim * (self.num_layers + 1)
         return self._dim
 
@@ -135,7 +134,7 @@ class HFAudioEncoder(AudioEncoder):
         if not self.is_frozen:
             return None
         cfg = self.config
-        return (f"hf|{cfg.name_or_path}|{_weights_identity(cfg.name_or_path)}|stack={cfg.layer_weighting}"
+        return (f"hf|{cfg.name_or_path}|{_weights_identity(cfg.name_or_path)}|stack={self.stack_layers}"
                 f"|norm={self.do_normalize}|mask={self.wants_attention_mask}")
 
     def _normalize(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -163,7 +162,7 @@ class HFAudioEncoder(AudioEncoder):
         return inputs, mask.sum(dim=1)
 
     def _hidden(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L+1, T, D) stack of hidden states when layer weighting, else (B, T, D); and the (B, T) frame mask."""
+        """(B, L+1, T, D) stack of hidden states unless layers=last, else (B, T, D); and the (B, T) frame mask."""
         inputs, in_lengths = self._inputs(wav, lengths)
         out = self.backbone(**inputs, output_hidden_states=self.stack_layers)
         if self.stack_layers:
@@ -176,8 +175,8 @@ class HFAudioEncoder(AudioEncoder):
         return features, mask
 
     def _combine(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, L+1, T, D) stack -> (B, T, D') frames as audio_encoder.layer_combine says; (B, T, D) passes through."""
-        return combine_layers(features, self.layer_weights, self.config.layer_combine)
+        """(B, L+1, T, D) stack -> (B, T, D') frames as audio_encoder.layers says; (B, T, D) passes through."""
+        return combine_layers(features, self.layer_weights, self.config.layers)
 
     def encode_for_cache(self, sample: dict[str, Any]) -> torch.Tensor:
         wav = torch.as_tensor(np.asarray(sample["wav"], dtype=np.float32))[None]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion_ser.config import PoolingConfig, ConfigError
+from fusion_ser.config import PoolingConfig, check_choices
 
 _EPS = 1e-5
 
@@ -72,10 +72,9 @@ class AttentiveStatsPooling(nn.Module):
 
 def build_pooling(cfg: PoolingConfig, in_dim: int) -> nn.Module:
     """The pooling module named by cfg.type; its `output_dim` tells the head its input size."""
+    check_choices(cfg, "pooling.")
     if cfg.type == "attentive_stats":
         return AttentiveStatsPooling(in_dim, cfg.attention_dim)
     if cfg.type == "mean":
         return MeanPooling(in_dim)
-    if cfg.type == "mean_std":
-        return MeanStdPooling(in_dim)
-    raise ConfigError(f"pooling.type: '{cfg.type}' is not one of ['attentive_stats', 'mean', 'mean_std']")
+    return MeanStdPooling(in_dim)

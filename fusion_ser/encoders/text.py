@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from fusion_ser.config import LoraConfig, TextEncoderConfig
+from fusion_ser.config import LoraConfig, TextEncoderConfig, choices
 from fusion_ser.device import resolve_precision
 from fusion_ser.encoders.base import Encoder, EncoderOutput
 from fusion_ser.errors import FusionSerError
@@ -60,9 +60,10 @@ def default_text_model() -> str:
 
 
 def base_dtype(name: str) -> torch.dtype:
-    """torch dtype of text_encoder.base_dtype (fp32 | bf16 | fp16)."""
-    if name not in ("fp32", "bf16", "fp16"):
-        raise TextEncoderError(f"text_encoder.base_dtype: '{name}' is not one of fp32, bf16, fp16")
+    """torch dtype of text_encoder.base_dtype (choices declared in TextEncoderConfig)."""
+    allowed = choices(TextEncoderConfig, "base_dtype")
+    if name not in allowed:
+        raise TextEncoderError(f"text_encoder.base_dtype: '{name}' is not one of {allowed}")
     return resolve_precision(torch.device("cpu"), name)
 
 

@@ -20,7 +20,8 @@ import pandas as pd
 
 from fusion_ser.errors import FusionSerError
 from fusion_ser.evaluation import plots
-from fusion_ser.evaluation.metrics import compute_metrics, headline_keys, primary_key
+from fusion_ser.evaluation.metrics import (compute_metrics, headline_keys, headline_metrics, higher_is_better, metric_label,
+                                          primary_key, primary_metric)
 from fusion_ser.evaluation.report import load_speakers
 from fusion_ser.evaluation.resampling import ScoreData, bootstrap_ci, paired_test, score_data
 from fusion_ser.rundir import RunDir, RunInfo, atomic_write_text
@@ -59,10 +60,9 @@ def _names(paths: list[Path]) -> list[str]:
 
 
 def _headline_columns(info: RunInfo) -> list[str]:
-    if info.task == "categorical":
-        return ["macro_f1", "micro_f1"]
+    """The headline figures of the run's task, attributes in leaderboard order (valence, arousal, dominance)."""
     attrs = [a for a in ATTRIBUTE_ORDER if a in info.attributes] + [a for a in info.attributes if a not in ATTRIBUTE_ORDER]
-    return [f"ccc_{a}" for a in attrs] + ["ccc_mean"]
+    return headline_metrics(info.task, attrs)
 
 
 def _common_utterances(data: dict[str, ScoreData], baseline: str, intersect: bool) -> np.ndarray:
@@ -131,8 +131,9 @@ def compare_runs(runs: list[str | Path], baseline: str | Path, *, split: str = "
                 row[f"delta_{k}_low"], row[f"delta_{k}_high"] = test[k]["low"], test[k]["high"]
         rows.append(row)
     primary = primary_key(base_info)
-    table = pd.DataFrame(rows).sort_values(primary, ascending=False, kind="stable").reset_index(drop=True)
-    table.insert(0, "rank", table[primary].rank(ascending=False, method="min").astype(int))
+    ascending = not higher_is_better(primary)  # best first
+    table = pd.DataFrame(rows).sort_values(primary, ascending=ascending, kind="stable").reset_index(drop=True)
+    table.insert(0, "rank", table[primary].rank(ascending=ascending, method="min").astype(int))
     table.insert(2, "baseline", table["run"] == base_name)
     if base_info.task == "categorical":
         per_class = pd.DataFrame({name: metrics[name]["per_class_f1"] for name in table["run"]})
@@ -160,21 +161,17 @@ def _delta_cell(row: pd.Series, key: str) -> str:
 
 
 def _display_table(comp: Comparison) -> pd.DataFrame:
-    """The leaderboard as strings: rank, run, each headline figure with its CI, difference to the baseline."""
-    deltas = ["macro_f1", "micro_f1"] if comp.task == "categorical" else ["ccc_mean"]
+    """The leaderboard as strings: rank, run, each headline figure with its CI, difference to the baseline in the
+    figure runs are ranked by (the differences in every headline figure are in the csv and json reports)."""
+    primary = primary_metric(comp.task)
     out = []
     for _, row in comp.table.iterrows():
         d = {"rank": str(row["rank"]), "run": row["run"]}
         for k in comp.columns:
-            d[_label(k)] = _cell(row, k)
-        for k in deltas:
-            d[f"Δ {_label(k)} vs baseline"] = _delta_cell(row, k)
+            d[metric_label(k)] = _cell(row, k)
+        d[f"Δ {metric_label(primary)} vs baseline"] = _delta_cell(row, primary)
         out.append(d)
     return pd.DataFrame(out)
-
-
-def _label(key: str) -> str:
-    return {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "ccc_mean": "mean CCC"}.get(key, key.replace("ccc_", "CCC "))
 
 
 def _heading(title: str) -> str:

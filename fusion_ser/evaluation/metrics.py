@@ -2,11 +2,14 @@
 
 `compute_metrics` turns a run-dir prediction frame into the full set of figures that metrics.json, reports and
 comparisons use; rows whose ground truth is unknown (unlabelled test sets, `other` rows) are skipped and counted.
+`headline_metrics`, `primary_metric` and `higher_is_better` are the one definition of which figures are
+reported, which one ranks runs, and which way each is better.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -166,13 +169,38 @@ def compute_metrics(df: pd.DataFrame, info: RunInfo, *, source: str = "predictio
     raise MetricsError(f"{source}: run.json task '{info.task}' is not one of ['categorical', 'attributes']")
 
 
-def headline_keys(info: RunInfo) -> list[str]:
-    """The figures a leaderboard reports for this kind of run (and that get confidence intervals)."""
-    if info.task == "categorical":
+def headline_metrics(task: str, attributes: Sequence[str] = ()) -> list[str]:
+    """The figures a leaderboard reports for a task (and that get confidence intervals): macro-F1, micro-F1, UAR
+    and accuracy of a categorical run; the CCC of each attribute (in `attributes` order) and their mean."""
+    if task == "categorical":
         return ["macro_f1", "micro_f1", "uar", "accuracy"]
-    return [f"ccc_{a}" for a in info.attributes] + ["ccc_mean"]
+    return [f"ccc_{a}" for a in attributes] + ["ccc_mean"]
+
+
+def primary_metric(task: str) -> str:
+    """The figure runs of a task are ranked (and by default selected) by: macro-F1 (Task 1) or mean CCC (Task 2)."""
+    return "macro_f1" if task == "categorical" else "ccc_mean"
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of a figure: losses and errors ('mse...', '...loss') go down, everything else (F1, UAR, CCC) up."""
+    return not (metric.startswith("mse") or metric.endswith("loss"))
+
+
+def headline_keys(info: RunInfo) -> list[str]:
+    """headline_metrics of a run (its task and attributes)."""
+    return headline_metrics(info.task, info.attributes)
 
 
 def primary_key(info: RunInfo) -> str:
-    """The figure runs are ranked by: macro-F1 (Task 1) or mean CCC (Task 2)."""
-    return "macro_f1" if info.task == "categorical" else "ccc_mean"
+    """primary_metric of a run's task."""
+    return primary_metric(info.task)
+
+
+METRIC_LABELS = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "weighted_f1": "weighted-F1", "uar": "UAR",
+                 "accuracy": "accuracy", "ccc_mean": "mean CCC"}
+
+
+def metric_label(key: str) -> str:
+    """How reports name a figure: macro-F1, UAR, mean CCC, CCC valence, ..."""
+    return METRIC_LABELS.get(key, key.replace("ccc_", "CCC "))

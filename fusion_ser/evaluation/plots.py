@@ -11,6 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from fusion_ser.evaluation.metrics import headline_metrics
+
 DPI = 110
 
 
@@ -115,7 +117,9 @@ def plot_mse_by_range(metrics: Mapping[str, Mapping[str, float]], attributes: Se
     return _save(fig, path)
 
 
-HEADLINE_DEV = ("dev_macro_f1", "dev_micro_f1", "dev_uar")  # accuracy equals micro-F1 for single-label classes
+# the categorical headline figures as the training log names them; accuracy is left out, as it equals micro-F1
+# for single-label classes (the attribute ones, dev_ccc_*, are found by prefix)
+HEADLINE_DEV = tuple(f"dev_{k}" for k in headline_metrics("categorical") if k != "accuracy")
 
 
 def plot_training_curves(log_df: pd.DataFrame, path: str | Path) -> Optional[Path]:

@@ -9,13 +9,12 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from fusion_ser.errors import FusionSerError
 from fusion_ser.evaluation import plots
 from fusion_ser.evaluation.metrics import attribute_arrays, compute_metrics, headline_keys
 from fusion_ser.evaluation.resampling import bootstrap_ci, score_data
-from fusion_ser.rundir import RunDir, RunDirError, RunInfo, atomic_write_text
+from fusion_ser.rundir import RunDir, RunDirError, RunInfo, atomic_write_text, read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -24,26 +23,15 @@ class ReportError(FusionSerError):
     """A report that cannot be made (no speakers for speaker resampling, unreadable manifest)."""
 
 
-def _run_config(run: RunDir) -> dict:
-    """The run's config.yaml as a dict ({} when the run has none)."""
-    if not run.config_path.is_file():
-        return {}
-    try:
-        return yaml.safe_load(run.config_path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RunDirError(f"'{run.config_path}' is not valid YAML ({e}); restore it or pass --manifest") from None
-
-
 def run_manifest(run: RunDir) -> Optional[Path]:
-    """The manifest a run was trained on, as recorded in config.yaml (`_run.manifest`, else `data.manifest`)."""
-    cfg = _run_config(run)
-    path = (cfg.get("_run") or {}).get("manifest") or (cfg.get("data") or {}).get("manifest")
+    """The manifest a run was made from, as its config.yaml records it."""
+    path = run.manifest()
     return Path(path) if path else None
 
 
 def attribute_range(run: RunDir) -> Optional[list[float]]:
     """The attribute scale of a run (`data.attribute_range` in config.yaml), if recorded."""
-    rng = (_run_config(run).get("data") or {}).get("attribute_range")
+    rng = (read_run_config(run.config_path)[0].get("data") or {}).get("attribute_range")
     return [float(v) for v in rng] if rng else None
 
 

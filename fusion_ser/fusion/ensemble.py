@@ -11,17 +11,9 @@ from functools import partial
 from pathlib import Path
 from typing import Optional, Union
 
-from fusion_ser.fusion.combine import (
-    CombinedRun,
-    Combiner,
-    Fitter,
-    FusionError,
-    MajorityVote,
-    MeanProbs,
-    WeightedAttributes,
-    build_combined_run,
-    open_members,
-)
+from fusion_ser.fusion.combiners import Combiner, MajorityVote, MeanProbs, WeightedAttributes
+from fusion_ser.fusion.members import FusionError, open_members
+from fusion_ser.fusion.runs import CombinedRun, Fitter, build_combined_run
 from fusion_ser.fusion.late import fit_logistic, fit_ridge
 
 CATEGORICAL_METHODS = ["mean", "vote", "stacking"]
@@ -43,7 +35,7 @@ def ensemble_runs(
     info = open_members(runs)[0].info
     allowed = CATEGORICAL_METHODS if info.task == "categorical" else ATTRIBUTE_METHODS
     if method not in allowed:
-        raise FusionError(f"--method {method} does not apply to {info.task} runs; choose one of {allowed}")
+        raise FusionError(f"method '{method}' does not apply to {info.task} runs; choose one of {allowed}")
     labels, attributes, m = list(info.labels), list(info.attributes), len(runs)
     fitter: Optional[Fitter] = None
     fixed: Optional[Combiner] = None

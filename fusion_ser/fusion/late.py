@@ -17,21 +17,18 @@ from typing import Optional, Union
 import numpy as np
 
 from fusion_ser.evaluation.metrics import ccc
-from fusion_ser.rundir import RunDir
-from fusion_ser.fusion.combine import (
+from fusion_ser.fusion.combiners import (
     LOG_EPS,
-    CombinedRun,
     Combiner,
-    Fitter,
-    FusionError,
     LogisticCombiner,
     MeanProbs,
     RidgeAttributes,
     WeightedAttributes,
-    build_combined_run,
-    open_members,
     stack_features,
 )
+from fusion_ser.fusion.members import FusionError, open_members
+from fusion_ser.fusion.runs import CombinedRun, Fitter, build_combined_run
+from fusion_ser.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +157,7 @@ def simplex_grid(n_members: int, step: float) -> np.ndarray:
     """All weight vectors of n_members non-negative weights summing to 1 on a grid of the given step."""
     n = int(round(1.0 / step))
     if n < 1 or abs(n * step - 1.0) > 1e-9:
-        raise FusionError(f"--grid-step {step} must divide 1 (e.g. 0.05, 0.1, 0.25)")
+        raise FusionError(f"the grid step {step} must divide 1 (e.g. 0.05, 0.1, 0.25)")
     points = []
     for bars in itertools.combinations(range(n + n_members - 1), n_members - 1):
         edges = (-1, *bars, n + n_members - 1)
@@ -223,15 +220,15 @@ def late_fuse(
     if method == "auto":
         method = allowed[0]
     if method not in allowed:
-        raise FusionError(f"--method {method} does not apply to {task} runs; choose one of {allowed}")
+        raise FusionError(f"method '{method}' does not apply to {task} runs; choose one of {allowed}")
     if form not in FORMS:
-        raise FusionError(f"--form {form} is not one of {FORMS}")
+        raise FusionError(f"form '{form}' is not one of {FORMS}")
     if prior not in PRIOR_CHOICES:
-        raise FusionError(f"--prior {prior} is not one of {PRIOR_CHOICES}")
+        raise FusionError(f"prior '{prior}' is not one of {PRIOR_CHOICES}")
     if task == "attributes" and (prior != "none" or balanced):
-        raise FusionError("--prior and --balanced-subset apply to categorical runs only")
+        raise FusionError("prior correction and fitting on a balanced subset apply to categorical runs only")
     if method == "mean" and (prior == "weight" or balanced):
-        raise FusionError("--method mean learns no weights: use --prior divide or none, without --balanced-subset")
+        raise FusionError("the mean method learns no weights: use prior 'divide' or 'none', without a balanced subset")
     labels, attributes, m = list(info.labels), list(info.attributes), len(runs)
     if method == "lr":
         form = resolve_form(form, _labelled_dev_rows(runs[0], labels), len(labels), m)

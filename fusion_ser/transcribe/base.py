@@ -10,10 +10,10 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from fusion_ser.data.schema import SAMPLE_RATE
 from fusion_ser.device import resolve_device
 from fusion_ser.errors import FusionSerError
 
-SAMPLE_RATE = 16000
 WINDOW_SECONDS = 30.0  # Whisper's input window
 
 

@@ -8,7 +8,6 @@ outputs; `tests/test_golden.py` runs the flow again and compares.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from fusion_ser.config import ATTRIBUTES
+from fusion_ser.data.schema import ATTRIBUTES
 from fusion_ser.data.corpora.common import CorpusError, gender_name, make_frame
 from fusion_ser.data.manifest import ManifestError
 from fusion_ser.data.schema import REQUIRED_COLUMNS, SPLITS

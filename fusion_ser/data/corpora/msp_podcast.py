@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fusion_ser.config import CATEGORICAL_LABELS
+from fusion_ser.data.schema import CATEGORICAL_LABELS
 from fusion_ser.data.corpora.common import CorpusError, gender_name, make_frame, require_dir
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,11 @@ from torch import nn
 
 from fusion_ser.config import Config
 from fusion_ser.encoders.base import Encoder
-from fusion_ser.models import ModelOutput, build_encoder, build_head
-from fusion_ser.training.losses import build_criterion
+from fusion_ser.encoders.build import build_encoder
+from fusion_ser.encoders.pooling import build_pooling
+from fusion_ser.models.heads import build_head
+from fusion_ser.models.losses import build_criterion
+from fusion_ser.models.output import ModelOutput
 
 
 class CrossModalBlock(nn.Module):
@@ -63,8 +66,6 @@ class AttentionFusionModel(nn.Module):
     def __init__(self, cfg: Config, labels: list[str], audio_encoder: Optional[Encoder] = None,
                  text_encoder: Optional[Encoder] = None):
         super().__init__()
-        from fusion_ser.encoders.pooling import build_pooling
-
         self.task = cfg.task
         self.labels = list(labels)
         self.attributes = list(cfg.data.attributes)

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from fusion_ser.data.schema import SAMPLE_RATE
 from fusion_ser.encoders.base import Encoder
 from fusion_ser.errors import FusionSerError
 
@@ -117,7 +118,7 @@ def read_entry(path: Path) -> np.ndarray:
 class FeatureCache:
     """Per-utterance cache of a frozen encoder's `encode_for_cache` outputs, keyed by encoder and input identity."""
 
-    def __init__(self, root: Optional[str | Path] = None, *, sample_rate: int = 16000, min_seconds: float = 0.1,
+    def __init__(self, root: Optional[str | Path] = None, *, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.1,
                  max_seconds: Optional[float] = None):
         self.root = Path(root) if root is not None else default_cache_dir()
         self.sample_rate = sample_rate

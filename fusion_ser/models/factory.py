@@ -1,0 +1,37 @@
+"""Building models from a config: the model of cfg.modality, with the train split's class weights installed."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from torch import nn
+
+from fusion_ser.config import Config
+from fusion_ser.encoders.base import Encoder
+from fusion_ser.models.attention import AttentionFusionModel
+from fusion_ser.models.losses import class_weights
+from fusion_ser.models.unimodal import UnimodalModel
+
+WEIGHTED_LOSSES = ("weighted_ce", "focal", "soft_ce")  # losses that read the train split's class weights
+
+
+def build_model(cfg: Config, labels: list[str], train_labels: Optional[Sequence[str]] = None) -> nn.Module:
+    """The model of cfg.modality (UnimodalModel for audio/text, AttentionFusionModel for both).
+
+    With `train_labels` (the label of every training row), a categorical model whose loss is class-weighted gets
+    the weights N / (K * n_c) of those rows.
+    """
+    model = AttentionFusionModel(cfg, labels) if cfg.modality == "both" else UnimodalModel(cfg, labels)
+    if train_labels is not None and cfg.task == "categorical" and cfg.loss.type in WEIGHTED_LOSSES:
+        model.criterion.set_class_weights(class_weights([str(x) for x in train_labels], labels))
+    return model
+
+
+def model_encoders(model: nn.Module) -> dict[str, Encoder]:
+    """The outermost Encoder submodules of a model by dotted name (unwraps DDP)."""
+    model = getattr(model, "module", model)
+    found: dict[str, Encoder] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Encoder) and not any(name.startswith(p + ".") for p in found):
+            found[name] = module
+    return found
