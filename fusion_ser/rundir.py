@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from fusion_ser.config import Config, config_with_overrides
+from fusion_ser.config import Config, ConfigError, config_with_overrides, read_yaml_mapping
 from fusion_ser.errors import FusionSerError
 
 log = logging.getLogger(__name__)
@@ -245,11 +245,9 @@ def read_run_config(path: str | Path) -> tuple[dict, dict]:
     if not p.is_file():
         return {}, {}
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RunDirError(f"'{p}' is not valid YAML ({e}); the run directory is damaged") from None
-    if not isinstance(data, dict):
-        raise RunDirError(f"'{p}' does not hold a mapping of options; the run directory is damaged")
+        data = read_yaml_mapping(p)
+    except ConfigError as e:
+        raise RunDirError(f"{e}; the run directory is damaged") from None
     provenance = data.pop(PROVENANCE_KEY, None) or {}
     return data, provenance
 
@@ -288,7 +286,8 @@ def check_output(path: str | Path, *, kind: str, force: bool = False, inputs: Se
                               "new or empty output folder (overwriting only ever replaces a run)")
         if not force:
             raise RunExistsError(f"output folder '{out}' already holds a {_existing_kind(out)} run; choose a new "
-                                 f"output folder for the {kind} run, or allow overwriting to replace it")
+                                 f"output folder for the {kind} run, or allow overwriting to replace it",
+                                 options=("force",))
     return out
 
 

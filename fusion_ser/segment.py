@@ -47,13 +47,15 @@ class SegmentConfig:
 
     def validate(self) -> "SegmentConfig":
         if self.method not in ("window", "energy"):
-            raise SegmentError(f"segment method '{self.method}' is not one of ['window', 'energy']")
+            raise SegmentError(f"segment method '{self.method}' is not one of ['window', 'energy']",
+                               options=("segment_method",))
         hop = self.length if self.hop is None else self.hop
         if self.length <= 0 or hop <= 0:
-            raise SegmentError(f"--segment-length ({self.length}) and --hop ({hop}) must be positive seconds")
+            raise SegmentError(f"the segment length ({self.length}) and hop ({hop}) must be positive seconds",
+                               options=("segment_length", "hop"))
         if hop > self.length:
-            raise SegmentError(f"--hop ({hop}) is longer than --segment-length ({self.length}): parts of the file "
-                               "would never be seen; use a hop <= the segment length")
+            raise SegmentError(f"the hop ({hop}) is longer than the segment length ({self.length}): parts of the file "
+                               "would never be seen; use a hop <= the segment length", options=("segment_length", "hop"))
         return self
 
 

@@ -180,7 +180,8 @@ def test_compare_refuses_runs_on_different_utterances(cat_runs):
     with pytest.raises(CompareError) as e:
         compare_runs([cat_runs["partial"]], cat_runs["audio"], n_boot=50, n_perm=50)
     msg = str(e.value)
-    assert "'audio': 300" in msg and "'partial': 250" in msg and "--intersect" in msg
+    assert "'audio': 300" in msg and "'partial': 250" in msg and "common ones only" in msg
+    assert e.value.options == ("intersect",)
 
 
 def test_compare_intersect_uses_common_utterances(cat_runs):

@@ -185,9 +185,15 @@ def test_window_segments_tile_the_file(duration, length, hop):
         np.testing.assert_allclose(starts[1:], ends[:-1])  # no overlap: an exact tiling
 
 
-def test_segment_options_are_checked():
-    with pytest.raises(SegmentError, match="--hop"):
+def test_segment_options_are_checked(runs, corpus, tmp_path):
+    with pytest.raises(SegmentError, match="hop") as e:
         SegmentConfig(length=2.0, hop=3.0).validate()
+    assert "--" not in str(e.value) and e.value.options == ("segment_length", "hop")
+    wav = str(corpus.parent / pd.read_csv(corpus)["path"].iloc[0])
+    out = CliRunner().invoke(main, ["predict", str(runs["audio"]), wav, "-o", str(tmp_path / "p.jsonl"),
+                                    "--segment-length", "2", "--hop", "3"])
+    assert out.exit_code == 1 and "longer than the segment length" in out.output
+    assert "(options --segment-length, --hop)" in out.output
     with pytest.raises(SegmentError, match="positive"):
         SegmentConfig(length=0.0).validate()
 

@@ -100,7 +100,7 @@ def test_evaluate_one_split_by_speaker_uses_the_recorded_manifest(manifest_and_r
 
 def test_speaker_resampling_without_a_manifest_is_a_clear_error(tmp_path):
     run = make_run(tmp_path, "r", {"test": cat_frame(truth_labels(50), 0.5, 1)}, cat_info())
-    with pytest.raises(ReportError, match="--manifest"):
+    with pytest.raises(ReportError, match="give the manifest"):
         evaluate_run(run, by_speaker=True, n_boot=50)
 
 

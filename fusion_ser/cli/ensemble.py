@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from fusion_ser.cli.common import handle_errors
-from fusion_ser.cli.fuse import output_options, summary_lines
+from fusion_ser.cli.fuse import summary_lines
 
 
 @click.command("ensemble")
@@ -27,6 +27,5 @@ def command(runs, output, method, folds, C, alpha, seed, force) -> None:
     """Ensemble trained, fused or ensembled runs into a new run dir."""
     from fusion_ser.fusion.ensemble import ensemble_runs
 
-    with output_options():
-        result = ensemble_runs(list(runs), output, method=method, folds=folds, C=C, alpha=alpha, seed=seed, force=force)
+    result = ensemble_runs(list(runs), output, method=method, folds=folds, C=C, alpha=alpha, seed=seed, force=force)
     click.echo("\n".join(summary_lines(result, "ensembled run")))

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
-
 import click
 
 from fusion_ser.cli.common import handle_errors
 from fusion_ser.evaluation.metrics import headline_keys, higher_is_better, primary_key
 from fusion_ser.fusion.runs import CombinedRun
-from fusion_ser.rundir import RunExistsError
-
-
-@contextmanager
-def output_options() -> Iterator[None]:
-    """Name the command's --force option in the library's refusal to replace an existing run."""
-    try:
-        yield
-    except RunExistsError as e:
-        raise click.ClickException(f"{e} (--force)") from None
 
 
 def summary_lines(result: CombinedRun, title: str) -> list[str]:
@@ -100,9 +87,8 @@ def command(runs, output, method, form, prior, balanced_subset, folds, C, alpha,
     """Fuse trained runs on their dev predictions into a new run dir (evaluate, compare and predict work on it)."""
     from fusion_ser.fusion.late import late_fuse
 
-    with output_options():
-        result = late_fuse(
-            list(runs), output, method=method, form=form, prior=prior, balanced=balanced_subset, folds=folds, C=C,
-            alpha=alpha, grid_step=grid_step, seed=seed, force=force,
-        )
+    result = late_fuse(
+        list(runs), output, method=method, form=form, prior=prior, balanced=balanced_subset, folds=folds, C=C,
+        alpha=alpha, grid_step=grid_step, seed=seed, force=force,
+    )
     click.echo("\n".join(summary_lines(result, "fused run")))

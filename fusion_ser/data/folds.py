@@ -22,7 +22,7 @@ def assign_folds(df: pd.DataFrame, k: int, seed: int = 0) -> pd.Series:
     Speakers are placed largest first (ties in a seeded random order) into the fold with the fewest utterances.
     """
     if k < 2:
-        raise FoldError(f"--folds must be at least 2, got {k}")
+        raise FoldError(f"the number of folds must be at least 2, got {k}", options=("folds",))
     if "speaker" not in df.columns:
         raise FoldError("the manifest has no 'speaker' column; speaker-independent folds need one")
     speaker = df["speaker"].fillna("").astype(str)
@@ -33,8 +33,8 @@ def assign_folds(df: pd.DataFrame, k: int, seed: int = 0) -> pd.Series:
     sizes = speaker.value_counts()
     if len(sizes) < k:
         raise FoldError(
-            f"{len(sizes)} speaker(s) cannot fill {k} speaker-independent folds; use --folds {len(sizes)} or fewer"
-        )
+            f"{len(sizes)} speaker(s) cannot fill {k} speaker-independent folds; use {len(sizes)} folds or fewer",
+            options=("folds",))
     rng = np.random.default_rng(seed)
     names = sizes.index.to_numpy()[rng.permutation(len(sizes))]
     counts = sizes.loc[names].to_numpy()
@@ -52,13 +52,15 @@ def assign_folds(df: pd.DataFrame, k: int, seed: int = 0) -> pd.Series:
 def apply_fold(df: pd.DataFrame, fold: int) -> pd.DataFrame:
     """Return a copy whose split is test for fold `fold`, dev for fold (fold+1) mod K, train for the rest."""
     if "fold" not in df.columns:
-        raise FoldError("the manifest has no 'fold' column; prepare it with --folds K")
+        raise FoldError("the manifest has no 'fold' column; prepare it with K folds", options=("folds",))
     folds = pd.to_numeric(df["fold"], errors="coerce")
     if folds.isna().any():
-        raise FoldError(f"{int(folds.isna().sum())} row(s) have no fold; re-prepare the manifest with --folds K")
+        raise FoldError(f"{int(folds.isna().sum())} row(s) have no fold; re-prepare the manifest with K folds",
+                        options=("folds",))
     n_folds = int(folds.max()) + 1
     if n_folds < 3:
-        raise FoldError(f"the manifest has {n_folds} fold(s); test, dev and train need at least 3 (--folds 3 or more)")
+        raise FoldError(f"the manifest has {n_folds} fold(s); test, dev and train need at least 3 folds",
+                        options=("folds",))
     if not 0 <= fold < n_folds:
         raise FoldError(f"data.fold={fold} is out of range: the manifest has folds 0..{n_folds - 1}")
     dev = (fold + 1) % n_folds

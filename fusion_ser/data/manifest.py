@@ -35,14 +35,15 @@ LABEL_NAME = r"[a-z][a-z_]*"
 class ManifestError(FusionSerError):
     """A manifest that does not follow the contract; `problems` lists every finding."""
 
-    def __init__(self, source: str, problems: Sequence[str]) -> None:
+    def __init__(self, source: str, problems: Sequence[str], options: Sequence[str] = ()) -> None:
         self.source = source
         self.problems = list(problems)
         shown = "\n  ".join(self.problems[:MAX_REPORTED])
         more = len(self.problems) - MAX_REPORTED
         tail = f"\n  ... and {more} more" if more > 0 else ""
         n = len(self.problems)
-        super().__init__(f"manifest '{source}' has {n} problem{'s' if n != 1 else ''}:\n  {shown}{tail}")
+        super().__init__(f"manifest '{source}' has {n} problem{'s' if n != 1 else ''}:\n  {shown}{tail}",
+                         options=options)
 
 
 def soft_label_columns(df: pd.DataFrame) -> list[str]:
@@ -110,7 +111,7 @@ def validate_manifest(
     if unknown.any():
         problems.append(
             f"{int(unknown.sum())} row(s) have labels that are not {rule_long}: {sorted(set(label[unknown]))[:10]}; "
-            "map them to lower-case emotion names (prepare --map CODE=name) or declare the label set (--labels)"
+            "map them to lower-case emotion names (a label map CODE=name) or declare the label set"
         )
     for i in np.flatnonzero(unknown.to_numpy()):
         problems.append(f"{where(i)}: label '{label.iloc[i]}' is not {rule}")
@@ -149,7 +150,7 @@ def validate_manifest(
                 problems.append(f"{where(i)}: audio file '{path.iloc[i]}' does not exist")
 
     if problems:
-        raise ManifestError(source, problems)
+        raise ManifestError(source, problems, options=("maps", "labels") if unknown.any() else ())
 
 
 def _resolve_paths(paths: pd.Series, base: Path) -> pd.Series:

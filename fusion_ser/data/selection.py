@@ -91,7 +91,7 @@ def split_rows(df: pd.DataFrame, cfg: Config, source: str) -> tuple[list[str], p
         raise SelectionError(f"{source}: no train {what}{fold_note}; the manifest needs split=train rows for task '{cfg.task}'")
     if len(dev_known) == 0:
         raise SelectionError(f"{source}: no dev {what}{fold_note}; the manifest needs split=dev rows to select the model "
-                         "(or use --fold K with a fold column)")
+                         "(or train on fold K of a fold column)", options=("fold",))
     return labels, train.reset_index(drop=True), dev.reset_index(drop=True), test.reset_index(drop=True)
 
 

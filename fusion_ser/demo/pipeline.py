@@ -132,7 +132,7 @@ def run_demo(out_dir: str | Path, *, size: str = "full", seed: int = 0, progress
     from fusion_ser.transcribe import TranscriptCache, get_transcriber, transcribe_frame
 
     if size not in SIZES:
-        raise DemoError(f"--size {size} is not one of {list(SIZES)}")
+        raise DemoError(f"size '{size}' is not one of {list(SIZES)}", options=("size",))
     spec = SIZES[size]
     out = prepare_out_dir(Path(out_dir))
     runs_dir, reports = out / "runs", out / "reports"

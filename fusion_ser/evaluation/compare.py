@@ -73,9 +73,10 @@ def _common_utterances(data: dict[str, ScoreData], baseline: str, intersect: boo
     counts = ", ".join(f"'{name}': {len(s)}" for name, s in sets.items())
     if not intersect:
         raise CompareError(f"runs were evaluated on different utterances ({counts}; {len(common)} in common); "
-                           "compare runs on the same split of the same manifest, or pass --intersect to use the common ones")
+                           "compare runs on the same split of the same manifest, or compare on the common ones only "
+                           "(intersect)", options=("intersect",))
     if not common:
-        raise CompareError(f"runs share no scored utterance ({counts}); --intersect cannot help")
+        raise CompareError(f"runs share no scored utterance ({counts}); comparing on the intersection cannot help")
     log.warning("comparing on the %d utterances common to all runs (%s)", len(common), counts)
     base_ids = data[baseline].utt_ids
     return base_ids[np.isin(base_ids, list(common))]
@@ -210,7 +211,7 @@ def _notes(comp: Comparison) -> list[str]:
              f"Δ: difference to the baseline, p: two-sided paired permutation test ({s['n_perm']} permutations)."]
     dropped = {k: v for k, v in comp.dropped.items() if v}
     if dropped:
-        notes.append("Restricted to the common utterances (--intersect); dropped: "
+        notes.append("Restricted to the utterances common to all runs; dropped: "
                      + ", ".join(f"'{k}' {v}" for k, v in dropped.items()) + ".")
     return notes
 
@@ -270,7 +271,8 @@ def write_comparison(comp: Comparison, path: str | Path, fmt: Optional[str] = No
     path = Path(path)
     fmt = fmt or path.suffix.lstrip(".").lower() or "md"
     if fmt not in FORMATS:
-        raise CompareError(f"report format '{fmt}' (from '{path.name}') is not one of {list(FORMATS)}; pass --format")
+        raise CompareError(f"report format '{fmt}' (from '{path.name}') is not one of {list(FORMATS)}; name the format",
+                           options=("fmt",))
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "md":
         text = to_markdown(comp, path)

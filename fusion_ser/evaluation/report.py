@@ -39,9 +39,11 @@ def load_speakers(run: RunDir, manifest: Optional[str | Path] = None) -> dict[st
     """utt_id -> speaker from the given manifest, or the one recorded in the run's config.yaml."""
     path = Path(manifest) if manifest is not None else run_manifest(run)
     if path is None:
-        raise ReportError(f"run '{run.path}' records no manifest in config.yaml; pass --manifest to resample by speaker")
+        raise ReportError(f"run '{run.path}' records no manifest in config.yaml; give the manifest to resample by "
+                          "speaker", options=("manifest",))
     if not path.is_file():
-        raise ReportError(f"manifest '{path}' (needed for the speaker column) does not exist; pass --manifest with its new location")
+        raise ReportError(f"manifest '{path}' (needed for the speaker column) does not exist; give the manifest at "
+                          "its new location", options=("manifest",))
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in ("utt_id", "speaker") if c not in df.columns]
     if missing:

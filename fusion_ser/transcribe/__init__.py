@@ -24,7 +24,7 @@ def get_transcriber(backend: str = "faster-whisper", model: Optional[str] = None
     elif backend in ("transformers", "hf"):
         from fusion_ser.transcribe.hf import HFWhisperTranscriber as cls
     else:
-        raise TranscribeError(f"--backend '{backend}' is not one of {BACKENDS}")
+        raise TranscribeError(f"backend '{backend}' is not one of {BACKENDS}", options=("backend",))
     accepted = [k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "model")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:

@@ -70,8 +70,8 @@ def optional(value: Optional[str]) -> Optional[str]:
 
 
 def pick_device(device: str) -> torch.device:
-    """fusion_ser.device.resolve_device, with an unusable --device turned into a TranscribeError."""
+    """fusion_ser.device.resolve_device, with an unusable device turned into a TranscribeError."""
     try:
         return resolve_device(device)
     except RuntimeError as e:
-        raise TranscribeError(f"--device {device}: {e}") from None
+        raise TranscribeError(f"device '{device}': {e}", options=("device",)) from None

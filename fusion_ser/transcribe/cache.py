@@ -47,7 +47,8 @@ class TranscriptCache:
             self.conn.commit()
         except (OSError, sqlite3.DatabaseError) as e:
             raise TranscriptCacheError(f"cannot use the transcript cache in '{self.directory}': {e}. "
-                                       "Pass another --cache-dir or delete the broken database") from e
+                                       "Use another cache folder or delete the broken database",
+                                       options=("cache_dir",)) from e
 
     @staticmethod
     def key(transcriber_id: str, path: str | Path) -> str:

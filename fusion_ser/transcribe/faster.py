@@ -30,7 +30,8 @@ def default_whisper_model() -> str:
 def ct2_compute_type(device_type: str, compute_type: str) -> str:
     """'auto': int8 on CPU (fastest there), float16 on CUDA; any other value is passed to CTranslate2."""
     if compute_type not in COMPUTE_TYPES:
-        raise TranscribeError(f"--compute-type '{compute_type}' is not one of {COMPUTE_TYPES}")
+        raise TranscribeError(f"compute type '{compute_type}' is not one of {COMPUTE_TYPES}",
+                              options=("compute_type",))
     if compute_type == "auto":
         return "float16" if device_type == "cuda" else "int8"
     return compute_type
@@ -56,7 +57,8 @@ class FasterWhisperTranscriber(Transcriber):
                                       cpu_threads=cpu_threads)
         except (RuntimeError, ValueError, OSError) as e:
             raise TranscribeError(f"cannot load faster-whisper model '{model}' on {dev} with compute type {ctype}: {e}. "
-                                  "Pass --model as a local CTranslate2 directory or a reachable model name") from e
+                                  "Give the model as a local CTranslate2 directory or a reachable model name",
+                                  options=("model", "compute_type")) from e
         self.pipeline = BatchedInferencePipeline(self.model)
         self.batch_size = max(1, batch_size)
         self.compute_type = ctype

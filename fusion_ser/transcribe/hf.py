@@ -22,8 +22,8 @@ class HFWhisperTranscriber(Transcriber):
         from transformers import AutoProcessor, WhisperForConditionalGeneration
 
         if not model:
-            raise TranscribeError("the transformers backend needs --model (e.g. openai/whisper-small or a local "
-                                  "directory saved with save_pretrained)")
+            raise TranscribeError("the transformers backend needs a model (e.g. openai/whisper-small or a local "
+                                  "directory saved with save_pretrained)", options=("model",))
         super().__init__(model, {"beam_size": beam_size, "language": optional(language),
                                  "max_new_tokens": max_new_tokens})
         self.device = pick_device(device)
@@ -31,8 +31,8 @@ class HFWhisperTranscriber(Transcriber):
             self.processor = AutoProcessor.from_pretrained(model)
             self.model = WhisperForConditionalGeneration.from_pretrained(model).to(self.device).eval()
         except (OSError, ValueError) as e:
-            raise TranscribeError(f"cannot load the transformers Whisper model '{model}': {e}. Pass --model as a "
-                                  "local directory or a reachable model name") from e
+            raise TranscribeError(f"cannot load the transformers Whisper model '{model}': {e}. Give the model as a "
+                                  "local directory or a reachable model name", options=("model",)) from e
         self.batch_size = max(1, batch_size)
 
     @torch.no_grad()

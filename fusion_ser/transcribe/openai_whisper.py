@@ -21,7 +21,8 @@ class OpenAIWhisperTranscriber(Transcriber):
             import whisper
         except ImportError as e:
             raise TranscribeError("the openai-whisper backend needs the optional extra: "
-                                  "`pip install fusion-ser[openai-whisper]` (or use --backend faster-whisper)") from e
+                                  "`pip install fusion-ser[openai-whisper]` (or use the faster-whisper backend)",
+                                  options=("backend",)) from e
         model = model or "tiny.en"
         super().__init__(model, {"beam_size": beam_size, "language": optional(language)})
         self.device = pick_device(device)

@@ -26,7 +26,7 @@ MAPPABLE = REQUIRED_COLUMNS + ["fold"]
 
 @dataclass
 class CsvCorpusConfig:
-    """Options of the generic CSV adapter (`--col utt_id=FileName --map A=anger --split-map Validation=dev`)."""
+    """Options of the generic CSV adapter: column, label and split maps, the CSV inside a folder, the audio root."""
 
     file: Optional[str] = None  # the CSV inside ROOT when ROOT is a folder
     columns: dict[str, str] = field(default_factory=dict)  # manifest column -> CSV column
@@ -44,7 +44,8 @@ def _csv_path(root: Path, cfg: CsvCorpusConfig) -> Path:
         if (root / cfg.file).is_file():
             return root / cfg.file
         raise CorpusError(f"'{root / cfg.file}' does not exist")
-    raise CorpusError(f"'{root}' is not a CSV file; pass the CSV as ROOT, or a folder with --set file=NAME.csv")
+    raise CorpusError(f"'{root}' is not a CSV file; pass the CSV as the root, or a folder and the option file=NAME.csv",
+                      options=("sets",))
 
 
 def prepare(root: Path, cfg: CsvCorpusConfig) -> pd.DataFrame:
@@ -56,7 +57,8 @@ def prepare(root: Path, cfg: CsvCorpusConfig) -> pd.DataFrame:
         raise CorpusError(f"{path}: not a readable UTF-8 CSV ({e})") from None
     unknown_targets = sorted(set(cfg.columns) - set(MAPPABLE))
     if unknown_targets:
-        raise CorpusError(f"--col {unknown_targets[0]}=...: not a manifest column; use one of {MAPPABLE}")
+        raise CorpusError(f"column map {unknown_targets[0]}=...: not a manifest column; use one of {MAPPABLE}",
+                          options=("cols",))
     columns = dict(cfg.columns)
     for col in MAPPABLE:  # a CSV that already uses manifest names needs no mapping
         if col not in columns and col in src.columns:
@@ -67,7 +69,8 @@ def prepare(root: Path, cfg: CsvCorpusConfig) -> pd.DataFrame:
             f"{path}: column mapping {absent} names columns the CSV does not have; it has {list(src.columns)}"
         )
     if "path" not in columns and "text" not in columns:
-        raise CorpusError(f"{path}: map an audio column (--col path=COLUMN) or a text column (--col text=COLUMN)")
+        raise CorpusError(f"{path}: map an audio column (path=COLUMN) or a text column (text=COLUMN)",
+                          options=("cols",))
     base = Path(cfg.audio_root).expanduser() if cfg.audio_root else path.parent
     out = pd.DataFrame(index=src.index)
     for col, source in columns.items():
@@ -76,7 +79,7 @@ def prepare(root: Path, cfg: CsvCorpusConfig) -> pd.DataFrame:
         out["path"] = out["path"].map(lambda p: "" if not p else str(p if Path(p).is_absolute() else base / p))
     if "utt_id" not in out.columns:
         if "path" not in out.columns:
-            raise CorpusError(f"{path}: map an utterance id (--col utt_id=COLUMN) for a text-only CSV")
+            raise CorpusError(f"{path}: map an utterance id (utt_id=COLUMN) for a text-only CSV", options=("cols",))
         out["utt_id"] = out["path"].map(lambda p: Path(p).stem)
     if "label" in out.columns:
         raw = out["label"]
