@@ -3,8 +3,8 @@
 A config is the whole recipe of a run. Unknown or mistyped keys are errors that name the key and the closest
 valid one, so a typo never silently falls back to a default. An option with a fixed set of choices is typed
 `Literal[...]`: that type is the one declaration of its choices, checked when loading and by `Config.validate`, and
-read by `choices()` (e.g. for the CLI's click.Choice lists). Keys of older versions are mapped to their
-replacements by `upgrade_legacy_keys`, so configs and run directories written before still load.
+read by `choices()` (e.g. for the CLI's click.Choice lists). A number's range is declared on its field with `ranged`,
+checked there too (NaN/inf never pass). Older keys map to their successors (`upgrade_legacy_keys`), so old runs load.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import functools
 import logging
+import math
 import re
 import types
 import typing
@@ -32,6 +33,11 @@ class ConfigError(FusionSerError):
     """A config file or override that cannot be turned into a valid config."""
 
 
+def ranged(default: Any, interval: str) -> Any:
+    """A numeric option's default and its valid range in interval notation ("[0, 1)", "(0, inf)")."""
+    return field(default=default, metadata={"range": interval})
+
+
 @dataclass
 class DataConfig:
     """Which rows of the manifest are used and how audio is prepared."""
@@ -42,10 +48,10 @@ class DataConfig:
     attribute_range: list[float] = field(default_factory=lambda: [1.0, 7.0])
     keep_no_agreement: bool = False  # keep no_agreement rows in training (soft labels only)
     fold: Optional[int] = None  # with a `fold` column: fold k is test, fold k+1 (mod K) is dev, the rest train
-    sample_rate: int = SAMPLE_RATE
-    max_train_seconds: float = 15.0  # random crop of longer clips, training only
-    max_eval_seconds: float = 60.0  # longer clips are evaluated in their first N seconds
-    min_seconds: float = 0.1
+    sample_rate: int = ranged(SAMPLE_RATE, "[1, inf)")
+    max_train_seconds: float = ranged(15.0, "(0, inf)")  # random crop of longer clips, training only
+    max_eval_seconds: float = ranged(60.0, "(0, inf)")  # longer clips are evaluated in their first N seconds
+    min_seconds: float = ranged(0.1, "[0, inf)")
     speed_perturb: list[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]: one per clip and epoch, train only
 
 
@@ -56,23 +62,23 @@ class AudioEncoderConfig:
     type: Literal["hf", "ct2_whisper", "fbank"] = "ct2_whisper"
     name_or_path: Optional[str] = None  # None: the offline default of the type
     finetune: Literal["frozen", "full", "top_n"] = "frozen"
-    trainable_layers: int = 0  # with finetune=top_n
+    trainable_layers: int = ranged(0, "[0, inf)")  # with finetune=top_n
     freeze_feature_encoder: bool = True  # the CNN front end of SSL models
     # last: the encoder's last layer only | weighted: learned softmax-weighted sum of all hidden states |
     # concat: all hidden states side by side
     layers: Literal["last", "weighted", "concat"] = "weighted"
     gradient_checkpointing: bool = False
     compute_type: str = "default"  # CTranslate2 compute type
-    threads: int = 1  # CTranslate2 CPU threads per encode call (0: torch's thread count); 1 is fastest on a shared CPU
-    n_mels: int = 80  # fbank
-    hidden_dim: int = 256  # fbank network width
+    threads: int = ranged(1, "[0, inf)")  # CTranslate2 threads per encode call (0: torch's count; 1: fastest on a shared CPU)
+    n_mels: int = ranged(80, "[1, inf)")  # fbank
+    hidden_dim: int = ranged(256, "[1, inf)")  # fbank network width
 
 
 @dataclass
 class LoraConfig:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.1
+    r: int = ranged(8, "[1, inf)")
+    alpha: int = ranged(16, "(0, inf)")
+    dropout: float = ranged(0.1, "[0, 1)")
     target_modules: Optional[list[str]] = None  # None: per-architecture default
 
 
@@ -83,7 +89,7 @@ class TextEncoderConfig:
     name_or_path: Optional[str] = None  # None: packaged all-MiniLM-L6-v2
     finetune: Literal["lora", "full", "frozen"] = "lora"
     pooling: Literal["auto", "cls", "mean", "last"] = "auto"  # auto: mean for encoders, last for decoders
-    max_length: int = 128
+    max_length: int = ranged(128, "[1, inf)")
     gradient_checkpointing: bool = False
     # the dtype the base weights load in (bf16 halves a 7B LLM; LoRA stays fp32)
     base_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -93,15 +99,15 @@ class TextEncoderConfig:
 @dataclass
 class PoolingConfig:
     type: Literal["attentive_stats", "mean", "mean_std"] = "attentive_stats"
-    attention_dim: int = 128
+    attention_dim: int = ranged(128, "[1, inf)")
 
 
 @dataclass
 class HeadConfig:
     """The Odyssey baseline head: Dropout, Linear, LayerNorm, ReLU, Dropout, Linear."""
 
-    hidden_dim: int = 256
-    dropout: float = 0.5
+    hidden_dim: int = ranged(256, "[1, inf)")
+    dropout: float = ranged(0.5, "[0, 1)")
     per_attribute: bool = False  # one head per attribute (the baseline trained one model per attribute)
     standardize_frames: bool = False  # frozen encoders: per-dimension standardisation of frames with train-set statistics
     standardize_pooled: bool = False  # standardise the pooled vector (BatchNorm without affine, running statistics)
@@ -110,35 +116,35 @@ class HeadConfig:
 @dataclass
 class LossConfig:
     type: Literal["ce", "weighted_ce", "focal", "soft_ce"] = "weighted_ce"  # attributes always use 1-CCC
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.0
+    focal_gamma: float = ranged(2.0, "[0, inf)")
+    label_smoothing: float = ranged(0.0, "[0, 1)")
 
 
 @dataclass
 class OptimConfig:
-    lr_encoder: float = 1e-5
-    lr_head: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
+    lr_encoder: float = ranged(1e-5, "(0, inf)")
+    lr_head: float = ranged(1e-3, "(0, inf)")
+    weight_decay: float = ranged(0.01, "[0, inf)")
+    warmup_ratio: float = ranged(0.1, "[0, 1)")
     schedule: Literal["linear", "cosine", "constant"] = "linear"
-    grad_clip: float = 1.0
-    ema_decay: float = 0.0  # > 0: evaluate, select and save an exponential moving average of the weights
+    grad_clip: float = ranged(1.0, "[0, inf)")  # 0: no clipping
+    ema_decay: float = ranged(0.0, "[0, 1)")  # > 0: evaluate, select and save a moving average of the weights
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 32
-    grad_accum: int = 1  # effective batch = batch_size * grad_accum * world size
+    epochs: int = ranged(10, "[1, inf)")
+    batch_size: int = ranged(32, "[1, inf)")
+    grad_accum: int = ranged(1, "[1, inf)")  # effective batch = batch_size * grad_accum * world size
     bucketing: bool = True  # length-bucketed batches
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    early_stopping: int = 0  # epochs without dev improvement before stopping; 0: off
+    early_stopping: int = ranged(0, "[0, inf)")  # epochs without dev improvement before stopping; 0: off
     selection_metric: str = "auto"  # auto: macro_f1 (categorical) / ccc_mean (attributes)
     cache_features: bool = True  # cache frames of frozen encoders on disk
     cache_dir: Optional[str] = None  # None: ~/.cache/fusion-ser/features
-    num_workers: int = 0
-    log_every: int = 10
+    num_workers: int = ranged(0, "[0, inf)")
+    log_every: int = ranged(10, "[1, inf)")
     report: bool = True  # write report.md + figures (fusion_ser.evaluation) when training ends
     refit_on_dev: bool = False  # after dev selection: retrain on train+dev for the selected epochs, test with it
 
@@ -147,10 +153,10 @@ class TrainConfig:
 class FusionModelConfig:
     """Cross-modal attention fusion (train --modality both)."""
 
-    dim: int = 256
-    heads: int = 4
-    layers: int = 1
-    dropout: float = 0.1
+    dim: int = ranged(256, "[1, inf)")  # divisible by heads
+    heads: int = ranged(4, "[1, inf)")
+    layers: int = ranged(1, "[1, inf)")
+    dropout: float = ranged(0.1, "[0, 1)")
 
 
 @dataclass
@@ -169,18 +175,15 @@ class Config:
     fusion: FusionModelConfig = field(default_factory=FusionModelConfig)
 
     def validate(self) -> "Config":
-        """Check every Literal option's value (also of a config built in code) and what crosses fields."""
+        """Check every Literal option's value, every number's range (also of a config built in code), cross-fields."""
         check_choices(self)
-        if self.train.batch_size < 1 or self.train.grad_accum < 1 or self.train.epochs < 1:
-            raise ConfigError("train.batch_size, train.grad_accum and train.epochs must be >= 1")
+        if self.fusion.dim % self.fusion.heads:
+            raise ConfigError(f"fusion.dim ({self.fusion.dim}) must be divisible by fusion.heads ({self.fusion.heads})")
         if len(self.data.attribute_range) != 2 or self.data.attribute_range[0] >= self.data.attribute_range[1]:
             raise ConfigError("data.attribute_range must be [low, high] with low < high, e.g. [1, 7]")
         if any(not 0.5 <= float(f) <= 2.0 for f in self.data.speed_perturb):
             raise ConfigError(f"data.speed_perturb: factors must lie in [0.5, 2.0], got {self.data.speed_perturb}; "
                               "e.g. [0.9, 1.0, 1.1]")
-        if not 0.0 <= self.optim.ema_decay < 1.0:
-            raise ConfigError(f"optim.ema_decay must be 0 (off) or in (0, 1), got {self.optim.ema_decay}; "
-                              "e.g. 0.995 averages over about 200 optimizer steps")
         return self
 
 
@@ -224,8 +227,20 @@ def choices(cls: type, field_name: str) -> list:
     return list(typing.get_args(tp))
 
 
+def _check_number(key: str, value: Any, interval: Optional[str]) -> None:
+    """Raise ConfigError for a NaN or infinite float (also in a list) or a number outside its `ranged` interval."""
+    for name, v in [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else [(key, value)]:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{name}: {v} is not a finite number; give " + (f"one in {interval}" if interval else "one"))
+    if interval and isinstance(value, (int, float)):
+        low, high = (float(x) for x in interval[1:-1].split(","))
+        if value < low or value > high or (value == low and interval[0] == "(") or (value == high and interval[-1] == ")"):
+            raise ConfigError(f"{key}: {value} is outside the allowed range {interval}")
+
+
 def check_choices(obj: Any, prefix: str = "") -> None:
-    """Raise ConfigError when a Literal option of a (nested) config dataclass holds a value outside its choices."""
+    """Raise ConfigError when a Literal option of a (nested) config dataclass holds a value outside its choices, or
+    a numeric option is not finite or outside the range its field declares (`ranged`)."""
     hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -237,6 +252,8 @@ def check_choices(obj: Any, prefix: str = "") -> None:
             check_choices(value, f"{prefix}{f.name}.")
         elif typing.get_origin(base) is Literal:
             _choice(prefix + f.name, value, list(typing.get_args(base)))
+        else:
+            _check_number(prefix + f.name, value, f.metadata.get("range"))
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

@@ -8,6 +8,9 @@ member runs recursively, runs them on the same inputs and combines their predict
 combiner. When any model needs text, each input (or segment) is transcribed once with the packaged Whisper, and
 every member uses that transcript. Inputs stream through in batches of `batch_size` units (whole inputs or
 segments), so memory stays bounded however many files are given: this is the only batching layer.
+An input (or segment) longer than the run's audio limit (its models' data.max_eval_seconds, which their datasets
+crop to) is cut into equal windows no longer than the limit, so every second is predicted: the result then has
+`segments` and a whole-file aggregate, `auto_segmented: True` and a `note` saying so.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from fusion_ser.device import resolve_device
 from fusion_ser.errors import FusionSerError
 from fusion_ser.fusion.runs import load_combiner
 from fusion_ser.rundir import RunDir, RunInfo, attr_pred_columns, prob_columns
-from fusion_ser.segment import SegmentConfig, aggregate, cut, split
+from fusion_ser.segment import SegmentConfig, aggregate, covering_windows, cut, fit_to_limit, split
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,11 @@ class Predictor(ABC):
     def needs_audio(self) -> bool:
         """True when some model of this run reads audio."""
 
+    @property
+    @abstractmethod
+    def max_seconds(self) -> Optional[float]:
+        """The longest audio (s) every model of this run sees whole (data.max_eval_seconds); None: no audio model."""
+
     @abstractmethod
     def predict_units(self, units: list[Unit], timings: Timings) -> pd.DataFrame:
         """A prediction-format frame (utt_id = unit uid, pred, prob_<c>... | <attr>_pred...) for one batch of units."""
@@ -101,9 +109,43 @@ class Predictor(ABC):
 
         Inputs are audio paths (any format soundfile reads) or 16 kHz mono float32 arrays. With `segment`, each input
         is cut into segments (each predicted, with start/end) and the whole-file result is their duration-weighted
-        mean. on_error="skip" turns an unusable input into {"input": ..., "error": message} instead of raising.
+        mean. Without it, an input longer than `max_seconds` is segmented the same way automatically (the result has
+        `auto_segmented` and a `note`); segments longer than `max_seconds` are split too.
+        on_error="skip" turns an unusable input into {"input": ..., "error": message} instead of raising.
         `progress(n)` is called as inputs finish, with the number of inputs finished since the last call.
         """
+        return self._stream(inputs, batch_size, segment, on_error, progress, self._predict_batch, self._assemble)
+
+    def embed(
+        self,
+        inputs: Sequence[AudioInput],
+        *,
+        batch_size: int = 8,
+        segment: Optional[SegmentConfig] = None,
+        on_error: str = "raise",
+        progress: Optional[Callable[[int], Any]] = None,
+    ) -> list[dict]:
+        """One result dict per input with `embeddings`: {model name: pooled embedding (D,) float32} of the run's
+        model, or of every trained member of a fused / ensembled run (names: member run folders, nested with '/').
+
+        Inputs, segmentation (explicit or automatic for long inputs), errors and progress work as in `predict`; with
+        segments, each segment carries its own `embeddings` and the whole-file ones are their duration-weighted mean.
+        """
+        return self._stream(inputs, batch_size, segment, on_error, progress, self.embed_units,
+                            self._assemble_embeddings)
+
+    def _predict_batch(self, chunk: list[Unit], timings: Timings) -> dict[str, Any]:
+        frame = self.predict_units(chunk, timings)
+        return dict(zip(frame["utt_id"].astype(str), frame.to_dict("records")))
+
+    @abstractmethod
+    def embed_units(self, units: list[Unit], timings: Timings) -> dict[str, dict[str, np.ndarray]]:
+        """uid -> {model name: pooled embedding} for one batch of units (units a model cannot use are absent)."""
+
+    def _stream(self, inputs: Sequence[AudioInput], batch_size: int, segment: Optional[SegmentConfig], on_error: str,
+                progress: Optional[Callable[[int], Any]], handle: Callable, assemble: Callable) -> list[dict]:
+        """Load, segment and batch the inputs; `handle(batch, timings)` gives each unit's output, `assemble` turns
+        one input's unit outputs into its result. Memory stays bounded: audio leaves with its batch."""
         if on_error not in ("raise", "skip"):
             raise PredictError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if batch_size < 1:
@@ -112,6 +154,7 @@ class Predictor(ABC):
         per_input: dict[int, Timings] = defaultdict(lambda: defaultdict(float))
         results: list[dict] = []
         units_of: dict[int, list[Unit]] = {}
+        segmented_of: dict[int, bool] = {}
         rows: dict[str, dict] = {}
         pending: list[Unit] = []
 
@@ -119,11 +162,11 @@ class Predictor(ABC):
             nonlocal pending
             while len(pending) >= batch_size or (final and pending):
                 chunk, pending = pending[:batch_size], pending[batch_size:]
-                self._run_batch(chunk, rows, timings, per_input)
+                self._run_batch(chunk, rows, timings, per_input, handle)
             waiting = {u.input_index for u in pending}
             done = [i for i in units_of if i not in waiting]
             for i in done:
-                self._assemble(results[i], units_of.pop(i), rows, segment is not None, per_input[i])
+                assemble(results[i], units_of.pop(i), rows, segmented_of.pop(i), per_input[i])
             if progress is not None and done:
                 progress(len(done))
 
@@ -145,34 +188,51 @@ class Predictor(ABC):
             per_input[i]["load"] += dt
             results.append({"input": name, "duration": len(wav) / SAMPLE_RATE})
             t0 = time.perf_counter()
-            units = self._units(i, wav, segment)
+            units, note = self._units(i, wav, segment)
             timings["segment"] += time.perf_counter() - t0
+            if note:
+                log.info("%s: %s", name, note)
+                results[-1].update(note=note, auto_segmented=segment is None)
             units_of[i] = units
+            segmented_of[i] = segment is not None or len(units) > 1
             pending.extend(units)
             run_batches(final=False)
         run_batches(final=True)
         self.last_timings = dict(timings)
         return results
 
-    def _units(self, i: int, wav: np.ndarray, segment: Optional[SegmentConfig]) -> list[Unit]:
+    def _units(self, i: int, wav: np.ndarray, segment: Optional[SegmentConfig]) -> tuple[list[Unit], str]:
+        """The units of one input, and a note when it (or some of its segments) had to be cut to `max_seconds`."""
+        duration = len(wav) / SAMPLE_RATE
+        limit = self.max_seconds
+        note = ""
         if segment is None:
-            return [Unit(f"{i}", i, wav, 0.0, len(wav) / SAMPLE_RATE)]
-        return [Unit(f"{i}_{k}", i, cut(wav, SAMPLE_RATE, s), s.start, s.end)
-                for k, s in enumerate(split(wav, SAMPLE_RATE, segment))]
+            if limit is None or len(wav) <= int(limit * SAMPLE_RATE):
+                return [Unit(f"{i}", i, wav, 0.0, duration)], ""
+            segs = covering_windows(duration, limit, SAMPLE_RATE)
+            note = (f"segmented automatically: {duration:.1f} s is longer than the {limit:g} s the run's models see "
+                    f"whole (data.max_eval_seconds), so it was predicted in {len(segs)} windows of at most {limit:g} s "
+                    "and the whole-file result is their duration-weighted mean")
+        else:
+            segs = split(wav, SAMPLE_RATE, segment)
+            if limit is not None:
+                segs, n_split = fit_to_limit(segs, limit, SAMPLE_RATE)
+                if n_split:
+                    note = (f"{n_split} segment(s) longer than the {limit:g} s the run's models see whole "
+                            f"(data.max_eval_seconds) were split into windows of at most {limit:g} s")
+        return [Unit(f"{i}_{k}", i, cut(wav, SAMPLE_RATE, s), s.start, s.end) for k, s in enumerate(segs)], note
 
-    def _run_batch(self, chunk: list[Unit], rows: dict[str, dict], timings: Timings,
-                   per_input: dict[int, Timings]) -> None:
-        """Transcribe (when needed) and predict one batch; batched stages are shared by its inputs in proportion
-        to their audio length."""
+    def _run_batch(self, chunk: list[Unit], rows: dict[str, Any], timings: Timings,
+                   per_input: dict[int, Timings], handle: Callable) -> None:
+        """Transcribe (when needed) and run one batch; batched stages are shared by its inputs in proportion to
+        their audio length."""
         before = dict(timings)
         if self.needs_text:
             t0 = time.perf_counter()
             for u, text in zip(chunk, self.transcriber().transcribe_batch([u.wav for u in chunk])):
                 u.text = text
             timings["asr"] += time.perf_counter() - t0
-        frame = self.predict_units(chunk, timings)
-        for uid, row in zip(frame["utt_id"].astype(str), frame.to_dict("records")):
-            rows[uid] = row
+        rows.update(handle(chunk, timings))
         total = sum(len(u.wav) for u in chunk) or 1
         for stage, sec in timings.items():
             spent = sec - before.get(stage, 0.0)
@@ -203,6 +263,11 @@ class Predictor(ABC):
             return
         values = [{"start": u.start, "end": u.end, "transcript": u.text, **self._row_values(rows.pop(u.uid))}
                   for u in parts]
+        for v in values:
+            numbers = v.get("probs") or v.get("attributes") or {}
+            if not np.isfinite(list(numbers.values())).all():
+                raise PredictError(f"{res['input']}: run '{self.run_dir}' gave non-finite outputs ({numbers}); its "
+                                   "weights are damaged or its training diverged: train the run again")
         if segmented:
             res.update(self._aggregate(values))
             res["transcript"] = " ".join(v["transcript"] for v in values if v["transcript"])
@@ -211,6 +276,30 @@ class Predictor(ABC):
         else:
             v = values[0]
             res.update({k: v[k] for k in v if k not in ("start", "end")})
+        if not self.needs_text:
+            res["transcript"] = None
+            for v in res.get("segments", []):
+                v["transcript"] = None
+        res["timing"] = {k: round(t, 6) for k, t in timing.items()}
+
+    def _assemble_embeddings(self, res: dict, units: list[Unit], rows: dict[str, Any], segmented: bool,
+                             timing: Timings) -> None:
+        """One input's embeddings; segmented: per segment, and their duration-weighted mean for the whole input."""
+        parts = [u for u in units if u.uid in rows]
+        if not parts:
+            res["error"] = f"{res['input']}: no usable audio for the model (every segment was unreadable or silent)"
+            return
+        values = [{"start": u.start, "end": u.end, "transcript": u.text, "embeddings": rows.pop(u.uid)} for u in parts]
+        if segmented:
+            weights = np.array([max(v["end"] - v["start"], 1e-9) for v in values])
+            names = set.intersection(*(set(v["embeddings"]) for v in values))
+            res["embeddings"] = {n: (np.tensordot(weights / weights.sum(), np.stack([v["embeddings"][n] for v in values]),
+                                                  axes=1)).astype(np.float32) for n in sorted(names)}
+            res["segments"] = values
+            res["skipped_segments"] = len(units) - len(parts)
+        else:
+            res["embeddings"] = values[0]["embeddings"]
+            res["transcript"] = values[0]["transcript"]
         if not self.needs_text:
             res["transcript"] = None
             for v in res.get("segments", []):
@@ -247,6 +336,10 @@ class ModelPredictor(Predictor):
     def needs_audio(self) -> bool:
         return self.cfg.modality in ("audio", "both")
 
+    @property
+    def max_seconds(self) -> Optional[float]:
+        return float(self.cfg.data.max_eval_seconds) if self.needs_audio else None
+
     def predict_units(self, units: list[Unit], timings: Timings) -> pd.DataFrame:
         from fusion_ser.training.inference import predict_arrays
 
@@ -258,6 +351,18 @@ class ModelPredictor(Predictor):
                                texts=[u.text for u in units])
         timings[self.stage_name] += time.perf_counter() - t0
         return frame
+
+    def embed_units(self, units: list[Unit], timings: Timings) -> dict[str, dict[str, np.ndarray]]:
+        from fusion_ser.training.inference import embed_arrays
+
+        t0 = time.perf_counter()
+        cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, batch_size=max(1, len(units)),
+                                                                      num_workers=0))
+        vectors = embed_arrays(self.model, [u.uid for u in units], cfg, device=self.device,
+                               waveforms=[u.wav for u in units] if self.needs_audio else None,
+                               texts=[u.text for u in units])
+        timings[self.stage_name] += time.perf_counter() - t0
+        return {uid: {self.run_dir.name: v} for uid, v in vectors.items()}
 
 
 class CombinedPredictor(Predictor):
@@ -276,6 +381,11 @@ class CombinedPredictor(Predictor):
     def needs_audio(self) -> bool:
         return any(m.needs_audio for m in self.members)
 
+    @property
+    def max_seconds(self) -> Optional[float]:
+        limits = [m.max_seconds for m in self.members if m.max_seconds is not None]
+        return min(limits) if limits else None
+
     def predict_units(self, units: list[Unit], timings: Timings) -> pd.DataFrame:
         frames = [m.predict_units(units, timings) for m in self.members]
         t0 = time.perf_counter()
@@ -284,6 +394,14 @@ class CombinedPredictor(Predictor):
         frames = [f[f["utt_id"].astype(str).isin(common)].reset_index(drop=True) for f in frames]
         out = self.combiner.combine(frames)
         timings["combine"] += time.perf_counter() - t0
+        return out
+
+    def embed_units(self, units: list[Unit], timings: Timings) -> dict[str, dict[str, np.ndarray]]:
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for m in self.members:
+            for uid, by_model in m.embed_units(units, timings).items():
+                prefix = "" if isinstance(m, ModelPredictor) else f"{m.run_dir.name}/"
+                out.setdefault(uid, {}).update({prefix + k: v for k, v in by_model.items()})
         return out
 
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -31,6 +29,7 @@ import yaml
 
 from fusion_ser.config import Config, ConfigError, config_with_overrides, read_yaml_mapping
 from fusion_ser.errors import FusionSerError
+from fusion_ser import files
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,8 @@ PROVENANCE_KEY = "_run"  # the block of a run's config.yaml that says which data
 PROB_PREFIX = "prob_"
 PRED_SUFFIX = "_pred"
 # Everything a run directory may hold: what overwriting a run (prepare_output) removes, and nothing else.
-RUN_FILES = ("run.json", "config.yaml", "metrics.json", "report.md", "train_log.csv", "refit_train_log.csv",
-             "skipped_clips.json", "cv_metrics.json")
+RUN_FILES = ("run.json", "config.yaml", "metrics.json", "report.md", "report.html", "train_log.csv",
+             "refit_train_log.csv", "skipped_clips.json", "dropped_rows.json", "cv_metrics.json")
 RUN_FOLDERS = ("model", "model_dev_selected", "predictions", "checkpoints")
 RUN_PATTERNS = ("*.png",)
 
@@ -71,15 +70,8 @@ class RunInfo:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file + rename so readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the mode an ordinary write would
-    os.replace(tmp, path)
+    """Write via a temp file + rename so readers never see a half-written file (mode as `files.atomic_path`)."""
+    files.atomic_write_text(path, text)
 
 
 def file_hash(path: str | Path, algo: str = "sha256") -> str:
@@ -126,7 +118,19 @@ class RunDir:
         p = self.path / "run.json"
         if not p.is_file():
             raise RunDirError(f"'{self.path}' is not a run directory (no run.json); point at a folder written by train, fuse or ensemble")
-        return RunInfo(**json.loads(p.read_text()))
+        damaged = (f"the run directory is damaged: restore {p.name}, or write the run again (train, fuse or ensemble "
+                   "into a new output folder)")
+        try:
+            values = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunDirError(f"'{p}' is not valid JSON ({e}); {damaged}") from None
+        try:
+            info = RunInfo(**values) if isinstance(values, dict) else None
+        except TypeError as e:  # unknown or missing fields
+            raise RunDirError(f"'{p}' does not hold a run description ({e}); {damaged}") from None
+        if info is None or not isinstance(info.kind, str) or not isinstance(info.complete, bool):
+            raise RunDirError(f"'{p}' does not hold a run description (kind, task, complete...); {damaged}")
+        return info
 
     def is_complete(self) -> bool:
         try:
@@ -295,7 +299,7 @@ def resumable(path: str | Path, *, kind: str) -> bool:
     """Whether `path` holds an unfinished run of `kind` to continue (False: the folder is new or empty).
 
     Refused (OutputError): a file, a non-empty folder that is not a run directory, a run of another kind, a
-    finished run (nothing to resume; choose a new output folder).
+    finished run (nothing to resume; choose a new output folder); RunDirError: a damaged run.json.
     """
     out = Path(path)
     if out.exists() and not out.is_dir():
@@ -304,11 +308,11 @@ def resumable(path: str | Path, *, kind: str) -> bool:
         return False
     if not (out / "run.json").is_file():
         raise OutputError(f"output folder '{out}' exists and is not a run directory; choose another output folder")
-    existing = _existing_kind(out)
-    if existing != kind:
-        raise OutputError(f"output folder '{out}' holds a {existing} run, not a {kind} run, so it cannot be resumed "
+    info = RunDir(out).read_info()  # RunDirError naming run.json when it is damaged
+    if info.kind != kind:
+        raise OutputError(f"output folder '{out}' holds a {info.kind} run, not a {kind} run, so it cannot be resumed "
                           f"as one; choose another output folder")
-    if RunDir(out).is_complete():
+    if info.complete:
         raise RunExistsError(f"run '{out}' is already complete; choose another output folder to train again")
     return True
 

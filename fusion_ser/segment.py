@@ -3,7 +3,8 @@
 A long file gets one prediction per segment (with its start and end time) and one for the whole file. The whole-file
 prediction is the mean of the segment predictions (class probabilities and attribute values) weighted by segment
 duration: the models were trained on utterance-length clips, so whole-file inference on minutes of audio would be
-outside their training conditions (and truncated at data.max_eval_seconds).
+outside their training conditions (and truncated at data.max_eval_seconds). `covering_windows` and `fit_to_limit`
+cut a recording (or segment) longer than a model's max_eval_seconds so that every second of it is seen.
 """
 
 from __future__ import annotations
@@ -74,6 +75,41 @@ def window_segments(duration: float, length: float, hop: Optional[float] = None,
     if segs[-1].duration < min_length:
         segs = segs[:-2] + [Segment(segs[-2].start, float(duration))]
     return segs
+
+
+def _windows(first: int, total: int, limit: int, sample_rate: int) -> list[Segment]:
+    """The fewest equal windows covering samples [first, first + total) with none longer than `limit` samples."""
+    n = max(1, int(math.ceil(total / limit)))
+    edges = [first + total * i // n for i in range(n + 1)]
+    return [Segment(a / sample_rate, b / sample_rate) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def covering_windows(duration: float, max_seconds: float, sample_rate: int) -> list[Segment]:
+    """The fewest equal windows (no overlap) that cover [0, duration] with none longer than max_seconds.
+
+    Equal lengths (rather than full windows plus a short tail) keep every window near the models' input length;
+    counted in samples, so no window is cut by the model's first-max_seconds crop."""
+    limit = max(1, int(max_seconds * sample_rate))
+    total = int(round(duration * sample_rate))
+    if total <= limit:
+        return [Segment(0.0, float(duration))]
+    return _windows(0, total, limit, sample_rate)
+
+
+def fit_to_limit(segments: list[Segment], max_seconds: float, sample_rate: int) -> tuple[list[Segment], int]:
+    """Segments with every one longer than max_seconds split by `covering_windows`; and how many were split."""
+    limit = max(1, int(max_seconds * sample_rate))
+    out: list[Segment] = []
+    split_count = 0
+    for seg in segments:
+        first = int(round(seg.start * sample_rate))
+        total = int(round(seg.end * sample_rate)) - first
+        if total <= limit:
+            out.append(seg)
+            continue
+        split_count += 1
+        out.extend(_windows(first, total, limit, sample_rate))
+    return out, split_count
 
 
 def energy_segments(wav: np.ndarray, sample_rate: int, cfg: SegmentConfig) -> list[Segment]:

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fusion_ser"
 # Lowest first. A module belongs to the most specific prefix that names it; the last layer is the package's
 # own __init__ alone, so a module missing from the list fails the test instead of landing on top.
 LAYERS: list[list[str]] = [
-    ["fusion_ser.errors"],
+    ["fusion_ser.errors", "fusion_ser.files"],
     ["fusion_ser.device", "fusion_ser.packaged", "fusion_ser.data.schema"],
     ["fusion_ser.config"],
     ["fusion_ser.rundir", "fusion_ser.segment", "fusion_ser.data.audio", "fusion_ser.data.augment",
@@ -28,7 +28,7 @@ LAYERS: list[list[str]] = [
     ["fusion_ser.training"],
     ["fusion_ser.transcribe"],
     ["fusion_ser.fusion"],
-    ["fusion_ser.predict"],
+    ["fusion_ser.predict", "fusion_ser.export"],
     ["fusion_ser.demo"],
     ["fusion_ser.cli"],
     ["fusion_ser"],

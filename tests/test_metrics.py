@@ -93,7 +93,7 @@ def test_prediction_outside_classes_is_a_clear_error():
 def test_unlabelled_split_scores_nothing_and_counts_rows():
     df = categorical_frame(np.random.default_rng(4), 20).drop(columns=["label"])
     m = compute_metrics(df, RunInfo(kind="model", task="categorical", labels=LABELS))
-    assert m == {"n": 0, "n_skipped": 20}
+    assert m == {"n": 0, "n_skipped": 20, "unscored": {"no label": 20}}
 
 
 def test_ccc_and_pearson_against_direct_formulas():

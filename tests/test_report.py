@@ -175,7 +175,7 @@ def test_unlabelled_test_split_is_reported_not_scored(tmp_path):
     test = cat_frame(truth_labels(40), 0.5, 1).drop(columns=["label"])  # the MSP-Podcast test3 case
     run = make_run(tmp_path, "r", {"test": test, "dev": cat_frame(truth_labels(60), 0.5, 2)}, cat_info())
     results = evaluate_run(run, n_boot=50)
-    assert results["test"] == {"n": 0, "n_skipped": 40} and results["dev"]["n"] == 60
+    assert results["test"] == {"n": 0, "n_skipped": 40, "unscored": {"no label": 40}} and results["dev"]["n"] == 60
     assert "No scored utterances: all 40 rows have unknown ground truth." in (run / "report.md").read_text()
     assert set(report_links(run / "report.md")) == {"dev_confusion.png", "dev_per_class_f1.png"}
 

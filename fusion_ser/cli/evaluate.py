@@ -29,7 +29,12 @@ def command(run: Path, splits: tuple[str, ...], n_boot: int, seed: int, by_speak
     results = evaluate_run(run, list(splits) or None, n_boot=n_boot, seed=seed, by_speaker=by_speaker, manifest=manifest)
     info = RunDir(run).read_info()
     for split, m in results.items():
-        click.echo(f"{split}: {m['n']} scored, {m['n_skipped']} skipped (unknown truth)")
+        reasons = ", ".join(f"{r}: {n}" for r, n in (m.get("unscored") or {}).items()) or "unknown truth"
+        click.echo(f"{split}: {m['n']} scored, {m['n_skipped']} skipped ({reasons})")
+        if m.get("n_unknown_class"):
+            names = ", ".join(f"{c}: {n}" for c, n in m["unknown_classes"].items())
+            click.echo(f"  {m['n_unknown_class']} scored row(s) have labels the run has no class for ({names}); "
+                       "they count as errors")
         for key in headline_keys(info):
             ci = m.get("ci", {}).get(key)
             if ci is not None:

@@ -17,7 +17,9 @@ COMMANDS = {
     "evaluate": "fusion_ser.cli.evaluate",
     "compare": "fusion_ser.cli.compare",
     "export-submission": "fusion_ser.cli.export_submission",
+    "export-onnx": "fusion_ser.cli.export_onnx",
     "predict": "fusion_ser.cli.predict",
+    "embed": "fusion_ser.cli.embed",
     "demo": "fusion_ser.cli.demo",
 }
 

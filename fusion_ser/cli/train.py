@@ -97,17 +97,19 @@ def _resume_config(out_dir: Path, overrides: list[str]) -> Any:
               help="Override the config's modality.")
 @click.option("--fold", type=int, default=None, help="Train on fold K of the manifest's fold column (K test, K+1 dev).")
 @click.option("--cv", is_flag=True, default=False, help="Train every fold into OUT/fold_k and average (cv_metrics.json).")
+@click.option("--dry-run", is_flag=True, default=False,
+              help="Print the plan (rows, steps, parameters, device, cache size, free disk) and stop; nothing is written.")
 @click.argument("overrides", nargs=-1)
 @handle_errors
 def command(config_path: Optional[str], manifest: Optional[str], out_dir: str, modality: Optional[str],
-            fold: Optional[int], cv: bool, overrides: tuple[str, ...]) -> None:
+            fold: Optional[int], cv: bool, dry_run: bool, overrides: tuple[str, ...]) -> None:
     """Train a model: fusion-ser train -c CFG --manifest M.csv -o RUN [key=value ...].
 
     OVERRIDES are dotted config keys, e.g. train.epochs=5 optim.lr_head=0.001.
     """
     from fusion_ser.config import ConfigError, load_config
     from fusion_ser.training import distributed as D
-    from fusion_ser.training.job import train_cv, train_run
+    from fusion_ser.training.job import dry_run as plan_run, train_cv, train_run
 
     extra = list(overrides)
     if modality:
@@ -120,6 +122,11 @@ def command(config_path: Optional[str], manifest: Optional[str], out_dir: str, m
         cfg = _resume_config(Path(out_dir), extra)
     else:
         cfg = load_config(config_path, extra)
+    if dry_run:
+        plan = plan_run(cfg, manifest)
+        _print_plan(plan)
+        plan.raise_problems()
+        return
     printer = ProgressPrinter()
     dist = D.init_distributed()
     try:
@@ -136,6 +143,34 @@ def command(config_path: Optional[str], manifest: Optional[str], out_dir: str, m
         _cv_summary(summary, Path(out_dir), cfg.task)
     else:
         _summary(run)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _print_plan(plan: Any) -> None:
+    """The dry run's plan, one screen."""
+    click.echo("plan (nothing trained, nothing written):")
+    click.echo("  rows: " + ", ".join(f"{s} {n}" for s, n in plan.rows.items()) + f" ({plan.dropped})")
+    if plan.classes:
+        width = max(len(c) for c in plan.classes["train"]) if plan.classes["train"] else 5
+        click.echo("  " + "class".ljust(width) + "".join(f"{s:>8}" for s in plan.classes))
+        for c in plan.classes["train"]:
+            click.echo("  " + c.ljust(width) + "".join(f"{plan.classes[s][c]:>8}" for s in plan.classes))
+    click.echo(f"  steps: {plan.steps_per_epoch} per epoch x {plan.epochs} epochs")
+    click.echo(f"  parameters: {plan.trainable_params:,} trainable of {plan.total_params:,}")
+    click.echo(f"  device: {plan.device}, precision {plan.precision}")
+    for c in plan.cache:
+        click.echo(f"  feature cache ({c.modality}): {c.entries} entries, {c.frames:,} frames x {c.layers} layer(s) x "
+                   f"{c.dims} dims x fp16 = {_gb(c.bytes)}")
+    if plan.cache:
+        free = _gb(plan.free_disk) if plan.free_disk is not None else "unknown"
+        click.echo(f"  cache folder: {plan.cache_dir} ({free} free)")
+    if plan.missing_text:
+        click.echo("  rows without a transcript: " + ", ".join(f"{s} {n}" for s, n in plan.missing_text.items()))
+    for p in plan.problems:
+        click.echo(f"  PROBLEM: {p}")
 
 
 def _cv_summary(summary: dict, out_dir: Path, task: str) -> None:
@@ -166,3 +201,19 @@ def _summary(run: Any) -> None:
                    f"(model/); dev figures from the dev-selected model (model_dev_selected/)")
     if info.extra.get("skipped_clips"):
         click.echo(f"  {info.extra['skipped_clips']} unreadable clip(s) skipped: see {run.path / 'skipped_clips.json'}")
+    dropped = info.extra.get("dropped_rows") or {}
+    if dropped:
+        total = sum(n for by_reason in dropped.values() for n in by_reason.values())
+        parts = "; ".join(f"{split}: " + ", ".join(f"{n} {reason}" for reason, n in by_reason.items())
+                          for split, by_reason in dropped.items())
+        click.echo(f"  {total} manifest row(s) not used ({parts}): see {run.path / 'dropped_rows.json'}")
+    for split, n in (info.extra.get("cropped_eval_clips") or {}).items():
+        click.echo(f"  {n} {split} clip(s) longer than data.max_eval_seconds were evaluated on their start only")
+    for split in ("dev", "test"):
+        m = metrics.get(split) or {}
+        if m.get("n_unknown_class"):
+            click.echo(f"  {split}: {m['n_unknown_class']} row(s) labelled with a class the model does not know "
+                       f"({', '.join(m.get('unknown_classes', {}))}) count as errors")
+        if m.get("n_skipped"):
+            reasons = ", ".join(f"{n} {r}" for r, n in (m.get("unscored") or {}).items())
+            click.echo(f"  {split}: {m['n_skipped']} row(s) not scored ({reasons or 'unknown truth'})")

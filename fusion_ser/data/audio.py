@@ -1,7 +1,9 @@
 """Audio loading: any file soundfile reads, any rate or channel count -> 16 kHz mono float32.
 
 Bad clips raise `AudioError` with a short `reason` (unreadable, empty, non-finite, silent, too short, truncated)
-and a message naming the file, so a job over many files can report and skip them.
+and a message naming the file, so a job over many files can report and skip them. `load_audio` is the one decode
+path of every command (training, the feature cache, transcription, prediction) and rejects a truncated file (its
+header declares more audio than the file holds) from the header alone, as `prepare --check-audio` does.
 """
 
 from __future__ import annotations
@@ -37,17 +39,46 @@ class AudioError(FusionSerError):
 
 
 def _require_file(path: str | Path) -> None:
+    if not str(path).strip():
+        raise AudioError(path, "unreadable", "no audio path given")
+    if Path(path).is_dir():
+        raise AudioError(path, "unreadable", "it is a directory, not an audio file")
     if not Path(path).is_file():
-        raise AudioError(path, "unreadable", "file does not exist")
+        exists = Path(path).exists()
+        raise AudioError(path, "unreadable", "it is not a regular file" if exists else "file does not exist")
+
+
+def _unreadable(path: str | Path, e: Exception) -> AudioError:
+    return AudioError(path, "unreadable", str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _truncation_detail(extra_info: str) -> Optional[str]:
+    """Detail text when a header log (soundfile's extra_info) declares more audio data than the file holds."""
+    m = _DATA_SIZE.search(extra_info or "")
+    if m is None:
+        return None
+    declared, actual = int(m.group(1)), int(m.group(2))
+    if declared in _UNSET_SIZES or declared <= actual:
+        return None
+    return (f"header declares {declared} data bytes, file holds {actual}: the file was cut short; copy or export it "
+            "again")
 
 
 def _read(path: str | Path) -> tuple[np.ndarray, int]:
     _require_file(path)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        f = sf.SoundFile(str(path))
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as e:
-        raise AudioError(path, "unreadable", str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    return data, rate
+        raise _unreadable(path, e) from None
+    with f:
+        detail = _truncation_detail(f.extra_info)  # the header only: no second decode
+        if detail is not None:
+            raise AudioError(path, "truncated", detail)
+        try:
+            data = f.read(dtype="float32", always_2d=True)
+        except (sf.SoundFileError, RuntimeError, OSError, ValueError) as e:
+            raise _unreadable(path, e) from None
+        return data, f.samplerate
 
 
 def to_mono_16k(data: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -76,7 +107,7 @@ def check_samples(data: np.ndarray, rate: int, source: str | Path, min_seconds: 
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.1) -> np.ndarray:
-    """Decode a clip to mono float32 at `sample_rate`; raise AudioError for unreadable/empty/bad/short clips."""
+    """Decode a clip to mono float32 at `sample_rate`; raise AudioError for unreadable/truncated/empty/bad/short clips."""
     data, rate = _read(path)
     check_samples(data, rate, path, min_seconds)
     return to_mono_16k(data, rate, sample_rate)
@@ -92,37 +123,24 @@ def waveform(samples: np.ndarray, source: str, min_seconds: float = 0.1,
     return np.ascontiguousarray(wav)
 
 
-def audio_duration(path: str | Path) -> float:
-    """Duration in seconds from the file header only (no decoding)."""
+def audio_duration(path: str | Path, *, reject_truncated: bool = False) -> float:
+    """Duration in seconds from the file header only (no decoding); with `reject_truncated`, a file whose header
+    declares more data than it holds raises AudioError("truncated") as load_audio would."""
     _require_file(path)
     try:
         info = sf.info(str(path))
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as e:
-        raise AudioError(path, "unreadable", str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        raise _unreadable(path, e) from None
+    if reject_truncated:
+        detail = _truncation_detail(info.extra_info)
+        if detail is not None:
+            raise AudioError(path, "truncated", detail)
     return info.frames / info.samplerate if info.samplerate else 0.0
 
 
-def _truncation(path: str | Path) -> Optional[str]:
-    """Detail text when the header declares more audio data than the file holds, else None."""
-    try:
-        extra = sf.info(str(path)).extra_info
-    except (sf.SoundFileError, RuntimeError, OSError):
-        return None
-    m = _DATA_SIZE.search(extra or "")
-    if m is None:
-        return None
-    declared, actual = int(m.group(1)), int(m.group(2))
-    if declared in _UNSET_SIZES or declared <= actual:
-        return None
-    return f"header declares {declared} data bytes, file holds {actual}"
-
-
 def check_clip(path: str | Path, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.1) -> None:
-    """Fully decode a clip and check its header for truncation; raise AudioError when it is not usable."""
+    """Fully decode a clip (header truncation check included); raise AudioError when it is not usable."""
     load_audio(path, sample_rate=sample_rate, min_seconds=min_seconds)
-    detail = _truncation(path)
-    if detail is not None:
-        raise AudioError(path, "truncated", detail)
 
 
 def check_audio(

@@ -44,13 +44,14 @@ class ScreenReport:
 
 
 def screen_audio(df: pd.DataFrame, min_seconds: float) -> tuple[pd.DataFrame, np.ndarray, ScreenReport]:
-    """Read every clip's header once: returns the usable rows, their durations (s), and what was dropped."""
+    """Read every clip's header once: returns the usable rows, their durations (s), and what was dropped
+    (unreadable, truncated or too short clips, as load_audio would refuse them)."""
     report = ScreenReport()
     durations = []
     keep = np.ones(len(df), dtype=bool)
     for i, (utt, path) in enumerate(zip(df["utt_id"], df["path"])):
         try:
-            d = audio_duration(path)
+            d = audio_duration(path, reject_truncated=True)
         except AudioError as e:
             keep[i] = False
             report.dropped[str(utt)] = str(e)

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from fusion_ser.data.schema import SAMPLE_RATE
 from fusion_ser.encoders.base import Encoder
 from fusion_ser.errors import FusionSerError
+from fusion_ser.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +66,7 @@ def write_entry(path: Path, array: np.ndarray) -> None:
     payload = data.tobytes()
     header = json.dumps({"shape": list(data.shape), "dtype": "float16", "nbytes": len(payload),
                          "crc32": zlib.crc32(payload)}).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + _HEADER_LEN.pack(len(header)) + header + payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, MAGIC + _HEADER_LEN.pack(len(header)) + header + payload)  # mode as open() would give
 
 
 def _read_header(f: Any, path: Path) -> tuple[dict, int]:

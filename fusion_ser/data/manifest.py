@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -19,6 +18,7 @@ from fusion_ser.data.schema import ATTRIBUTES, CATEGORICAL_LABELS
 from fusion_ser.data.audio import check_audio
 from fusion_ser.data.schema import NON_CLASS_LABELS, REQUIRED_COLUMNS, SOFT_PREFIX, SPLITS
 from fusion_ser.errors import FusionSerError
+from fusion_ser.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,9 @@ def validate_manifest(
         problems.append(f"{where(i)}: neither an audio path nor a text")
     if check_files:
         for i in np.flatnonzero((path != "").to_numpy()):
-            if not os.path.isfile(path.iloc[i]):
+            if os.path.isdir(path.iloc[i]):
+                problems.append(f"{where(i)}: audio path '{path.iloc[i]}' is a directory, not an audio file")
+            elif not os.path.isfile(path.iloc[i]):
                 problems.append(f"{where(i)}: audio file '{path.iloc[i]}' does not exist")
 
     if problems:
@@ -180,6 +182,22 @@ def normalize_manifest(df: pd.DataFrame) -> pd.DataFrame:
     return out[front + [c for c in out.columns if c not in front]]
 
 
+def encoding_problems(path: Path) -> list[str]:
+    """One problem per line of a text file that is not UTF-8, naming the line and the (byte) column of its first bad
+    byte; pandas' own error gives a position inside a read buffer, which names no line."""
+    problems = []
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            problems.append(f"line {number}, column {e.start + 1}: byte {line[e.start:e.start + 1]!r} is not UTF-8 "
+                            f"({e.reason})")
+    if problems:
+        problems[0] += (f"; save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name}`, or choose UTF-8 "
+                        "when exporting from a spreadsheet)")
+    return problems or ["not a readable UTF-8 CSV"]
+
+
 def read_manifest(
     path: str | Path,
     *,
@@ -197,7 +215,9 @@ def read_manifest(
         raise ManifestError(str(p), ["file does not exist; create it with `fusion-ser prepare`"])
     try:
         raw = pd.read_csv(p, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise ManifestError(str(p), encoding_problems(p)) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ManifestError(str(p), [f"not a readable UTF-8 CSV: {e}"]) from None
     raw.columns = [c.strip() for c in raw.columns]
     if "path" in raw.columns:
@@ -215,15 +235,8 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
     """Write a manifest CSV in contract column order (missing contract columns empty), atomically."""
     out = normalize_manifest(df)
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(p) as tmp:  # an existing file keeps its mode; a new one gets 0666 & ~umask
         out.to_csv(tmp, index=False, encoding="utf-8")
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     log.info("wrote manifest %s: %d rows", p, len(out))
 
 

@@ -2,12 +2,15 @@
 
 `load_run_data(cfg, manifest)` reads the manifest, keeps the rows usable for cfg.task and cfg.modality, and screens
 unreadable audio once (with the reasons); `refit_rows` adds the usable dev rows for a refit on train+dev.
+No row leaves in silence: every row not used is counted by split and reason in `RunData.dropped` (logged as one
+line, written to the run directory by the job), and eval clips longer than data.max_eval_seconds are counted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
@@ -28,9 +31,57 @@ class SelectionError(FusionSerError):
     """A manifest that has no usable rows for a split, task or modality of the config."""
 
 
+# Why a manifest row is not used by a run (DroppedRows reasons).
+EMPTY_LABEL = "empty label"
+UNKNOWN_LABEL = "label not among the classes"
+NON_CLASS = "other/no_agreement"
+NO_ATTRIBUTES = "no attributes"
+UNREADABLE_AUDIO = "unreadable audio"
+NOT_ENCODED = "could not be encoded"
+EXAMPLES = 5
+
+
+@dataclasses.dataclass
+class DroppedRows:
+    """Manifest rows a run does not use: counts by split and reason, with a few utt_ids of each."""
+
+    counts: dict[str, dict[str, int]] = dataclasses.field(default_factory=lambda: defaultdict(dict))
+    examples: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=lambda: defaultdict(dict))
+
+    def add(self, split: str, reason: str, utt_ids: list[str]) -> None:
+        if not utt_ids:
+            return
+        self.counts[split][reason] = self.counts[split].get(reason, 0) + len(utt_ids)
+        kept = self.examples[split].setdefault(reason, [])
+        kept.extend(str(u) for u in utt_ids[: max(0, EXAMPLES - len(kept))])
+
+    @property
+    def total(self) -> int:
+        return sum(n for by_reason in self.counts.values() for n in by_reason.values())
+
+    def summary(self) -> str:
+        """One line: 'N manifest row(s) not used: train: 3 empty label, 1 unreadable audio; test: ...'."""
+        if not self.total:
+            return "every manifest row used"
+        parts = [f"{split}: " + ", ".join(f"{n} {reason}" for reason, n in by_reason.items())
+                 for split, by_reason in self.counts.items() if by_reason]
+        return f"{self.total} manifest row(s) not used: " + "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        """{"total": N, "by_split": {split: {reason: {"count": n, "examples": [utt_id, ...]}}}} (dropped_rows.json)."""
+        return {"total": self.total,
+                "by_split": {split: {reason: {"count": n, "examples": self.examples[split].get(reason, [])}
+                                     for reason, n in by_reason.items()}
+                             for split, by_reason in self.counts.items() if by_reason}}
+
+    def counts_dict(self) -> dict[str, dict[str, int]]:
+        """{split: {reason: count}} (run.json extra)."""
+        return {split: dict(by_reason) for split, by_reason in self.counts.items() if by_reason}
+
+
 @dataclasses.dataclass
 class RunData:
-    """The rows a run trains, selects and tests on, with their class list."""
+    """The rows a run trains, selects and tests on, with their class list, and what was left out and why."""
 
     labels: list[str]
     train: pd.DataFrame
@@ -38,6 +89,20 @@ class RunData:
     test: pd.DataFrame
     durations: dict[str, Optional[np.ndarray]]
     screen: ScreenReport
+    dropped: DroppedRows = dataclasses.field(default_factory=DroppedRows)
+    cropped: dict[str, int] = dataclasses.field(default_factory=dict)  # dev/test clips > data.max_eval_seconds
+
+    def drop(self, utt_ids: set[str], reason: str) -> None:
+        """Remove rows (by utt_id) from every split, counting them under `reason`."""
+        for s in ("train", "dev", "test"):
+            f = getattr(self, s)
+            hit = f["utt_id"].astype(str).isin(utt_ids).to_numpy()
+            if not hit.any():
+                continue
+            self.dropped.add(s, reason, f.loc[hit, "utt_id"].astype(str).tolist())
+            setattr(self, s, f[~hit].reset_index(drop=True))
+            if self.durations[s] is not None:
+                self.durations[s] = self.durations[s][~hit]
 
 
 def select_labels(cfg: Config, train: pd.DataFrame) -> list[str]:
@@ -55,8 +120,22 @@ def _has_attributes(df: pd.DataFrame, attributes: list[str]) -> pd.Series:
     return vals.notna().any(axis=1)
 
 
-def split_rows(df: pd.DataFrame, cfg: Config, source: str) -> tuple[list[str], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Train/dev/test rows usable for cfg.task; raises naming what is missing when train or dev is empty."""
+def _label_reasons(rows: pd.DataFrame, labels: list[str], dropped: DroppedRows, split: str) -> None:
+    """Count rows left out of class training by why: no label, other/no_agreement, or a label not among `labels`."""
+    label = rows["label"].fillna("").astype(str).str.strip()
+    utt = rows["utt_id"].astype(str)
+    non_class = label.isin(NON_CLASS_LABELS) & ~label.isin(labels)
+    dropped.add(split, EMPTY_LABEL, utt[label == ""].tolist())
+    dropped.add(split, NON_CLASS, utt[non_class].tolist())
+    dropped.add(split, UNKNOWN_LABEL, utt[(label != "") & ~non_class].tolist())
+
+
+def split_rows(df: pd.DataFrame, cfg: Config, source: str, dropped: Optional[DroppedRows] = None,
+               ) -> tuple[list[str], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Train/dev/test rows usable for cfg.task; raises naming what is missing when train or dev is empty.
+
+    Train rows without a target (no class label, no attribute) are left out and counted in `dropped`."""
+    dropped = dropped if dropped is not None else DroppedRows()
     if cfg.data.fold is not None:
         df = apply_fold(df, cfg.data.fold)
     split = df["split"].astype(str)
@@ -65,7 +144,9 @@ def split_rows(df: pd.DataFrame, cfg: Config, source: str) -> tuple[list[str], p
         missing = [a for a in cfg.data.attributes if a not in df.columns]
         if missing:
             raise SelectionError(f"{source}: no column(s) {missing} for the attributes task")
-        train = train[_has_attributes(train, cfg.data.attributes)]
+        has = _has_attributes(train, cfg.data.attributes)
+        dropped.add("train", NO_ATTRIBUTES, train.loc[~has, "utt_id"].astype(str).tolist())
+        train = train[has]
         dev_known = dev[_has_attributes(dev, cfg.data.attributes)]
         what = f"rows with any of {list(cfg.data.attributes)}"
         labels: list[str] = []
@@ -80,6 +161,7 @@ def split_rows(df: pd.DataFrame, cfg: Config, source: str) -> tuple[list[str], p
             if cfg.data.keep_no_agreement:
                 mass = train[soft_cols].apply(pd.to_numeric, errors="coerce").fillna(0).sum(axis=1)
                 is_class = is_class | ((train["label"] == "no_agreement") & (mass > 0))
+        _label_reasons(train[~is_class], labels, dropped, "train")
         train = train[is_class]
         dev_known = dev[dev["label"].isin(labels)]
         what = f"rows labelled with one of {labels}" if labels else "labelled rows"
@@ -116,7 +198,8 @@ def check_text(frames: dict[str, pd.DataFrame], source: str, required: bool) -> 
 def load_run_data(cfg: Config, manifest_path: str | Path) -> RunData:
     """Read the manifest and pick the rows of each split for cfg.task/modality, screening unreadable audio."""
     df = read_manifest(manifest_path)
-    labels, train, dev, test = split_rows(df, cfg, str(manifest_path))
+    dropped = DroppedRows()
+    labels, train, dev, test = split_rows(df, cfg, str(manifest_path), dropped)
     frames = {"train": train, "dev": dev, "test": test}
     if cfg.modality in ("text", "both"):
         check_text(frames, str(manifest_path), required=cfg.modality == "text")
@@ -126,10 +209,21 @@ def load_run_data(cfg: Config, manifest_path: str | Path) -> RunData:
         for s in frames:
             frames[s], durations[s], rep = screen_audio(frames[s], cfg.data.min_seconds)
             screen.dropped.update(rep.dropped)
+            dropped.add(s, UNREADABLE_AUDIO, list(rep.dropped))
         if len(frames["train"]) == 0 or len(frames["dev"]) == 0:
             raise SelectionError(f"{manifest_path}: no readable audio left in the {'train' if len(frames['train']) == 0 else 'dev'} "
                              f"split ({screen.summary()})")
-    return RunData(labels, frames["train"], frames["dev"], frames["test"], durations, screen)
+    if dropped.total:
+        logger.warning("%s: %s", manifest_path, dropped.summary())
+    cropped = {s: int((durations[s] > cfg.data.max_eval_seconds).sum())
+               for s in ("dev", "test") if durations[s] is not None}
+    cropped = {s: n for s, n in cropped.items() if n}
+    if cropped:
+        logger.warning("%s: %s clip(s) are longer than data.max_eval_seconds=%g and are evaluated on their first %g s "
+                       "only; raise data.max_eval_seconds to score them whole", manifest_path,
+                       ", ".join(f"{n} {s}" for s, n in cropped.items()), cfg.data.max_eval_seconds,
+                       cfg.data.max_eval_seconds)
+    return RunData(labels, frames["train"], frames["dev"], frames["test"], durations, screen, dropped, cropped)
 
 
 def refit_rows(cfg: Config, data: RunData) -> tuple[pd.DataFrame, Optional[np.ndarray]]:
@@ -139,6 +233,9 @@ def refit_rows(cfg: Config, data: RunData) -> tuple[pd.DataFrame, Optional[np.nd
         keep = _has_attributes(dev, cfg.data.attributes).to_numpy()
     else:
         keep = dev["label"].astype(str).isin(data.labels).to_numpy()
+    if not keep.all():
+        logger.info("refit on train+dev: %d of %d dev rows have no target (%s) and are not trained on",
+                    int((~keep).sum()), len(dev), "no attribute" if cfg.task == "attributes" else "no class label")
     frame = pd.concat([data.train, dev[keep]], ignore_index=True)
     durations = None
     if data.durations["train"] is not None and data.durations["dev"] is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 from pathlib import Path
 from typing import Any, Optional
 
@@ -62,6 +63,10 @@ class HFAudioEncoder(AudioEncoder):
         self.config = cfg
         try:
             self.backbone = AutoModel.from_pretrained(cfg.name_or_path)
+        except pickle.UnpicklingError as e:  # transformers loads .bin weights as data only: refused, never run
+            raise AudioEncoderError(f"audio_encoder.name_or_path: '{cfg.name_or_path}' holds pickle weights that do not "
+                                    "load as plain tensors (they could run code), so they are refused; weights must be "
+                                    "safetensors: re-save the model with save_pretrained") from e
         except (OSError, ValueError) as e:
             raise AudioEncoderError(f"audio_encoder.name_or_path: cannot load '{cfg.name_or_path}' ({e}); "
                                     "give a local folder written by save_pretrained or a reachable hub name") from e

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import pickle
 from pathlib import Path
 from typing import Any, Optional
 
@@ -126,7 +127,14 @@ class HFTextEncoder(Encoder):
             hf_config = AutoConfig.from_pretrained(load_from)
             self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir) if tokenizer_dir else self.source)
             dtype = base_dtype(cfg.base_dtype)
-            backbone = AutoModel.from_pretrained(load_from, **({} if dtype == torch.float32 else {"dtype": dtype}))
+            kwargs = {} if dtype == torch.float32 else {"dtype": dtype}
+            if weights_dir is not None:  # weights inside a run: safetensors only
+                kwargs["use_safetensors"] = True
+            backbone = AutoModel.from_pretrained(load_from, **kwargs)
+        except pickle.UnpicklingError as e:
+            raise TextEncoderError(f"the text model '{load_from}' holds pickle weights that do not load as plain "
+                                   "tensors (they could run code), so they are refused; weights must be safetensors: "
+                                   "re-save the model with save_pretrained") from e
         except (OSError, ValueError) as e:
             raise TextEncoderError(
                 f"cannot load the text model '{load_from}' (text_encoder.name_or_path): {e}. Give a local model "
@@ -159,7 +167,11 @@ class HFTextEncoder(Encoder):
         import peft
 
         if adapter_dir is not None:
-            return peft.PeftModel.from_pretrained(backbone, str(adapter_dir), is_trainable=True)
+            try:
+                return peft.PeftModel.from_pretrained(backbone, str(adapter_dir), is_trainable=True)
+            except (pickle.UnpicklingError, OSError, ValueError) as e:
+                raise TextEncoderError(f"cannot load the LoRA adapter in '{adapter_dir}' ({type(e).__name__}); "
+                                       "weights must be safetensors: re-save the model") from e
         lc: LoraConfig = self.cfg.lora
         targets = lc.target_modules or default_lora_targets(backbone, self.model_type)
         peft_cfg = peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets, bias="none")
@@ -269,9 +281,19 @@ def load_encoder(directory: str | Path) -> HFTextEncoder:
     meta_path = d / META_FILE
     if not meta_path.is_file():
         raise TextEncoderError(f"'{d}' holds no saved text encoder ({META_FILE} is missing)")
-    meta = json.loads(meta_path.read_text())
-    lora = LoraConfig(**meta.pop("lora", {}))
-    cfg = TextEncoderConfig(**meta, lora=lora)
+    try:
+        meta = json.loads(meta_path.read_text())
+        lora = LoraConfig(**meta.pop("lora", {}))
+        cfg = TextEncoderConfig(**meta, lora=lora)
+    except (ValueError, TypeError, AttributeError) as e:  # invalid JSON, unknown or missing fields
+        raise TextEncoderError(f"'{meta_path}' is malformed ({e}); save the encoder again") from None
+    weights = {"lora": (d / "adapter", "adapter_model.safetensors"), "full": (d / "model", "*.safetensors")}
+    if cfg.finetune in weights:  # trained weights inside a run are read from safetensors only, never from a pickle
+        folder, pattern = weights[cfg.finetune]
+        if not any(folder.glob(pattern)):
+            found = ", ".join(sorted(q.name for q in folder.glob("*.bin"))) if folder.is_dir() else ""
+            raise TextEncoderError(f"'{folder}' holds no {pattern} ({'only ' + found if found else 'none'}): weights "
+                                   "must be safetensors, pickle files are never loaded; re-save the model")
     return HFTextEncoder(
         cfg,
         adapter_dir=d / "adapter" if cfg.finetune == "lora" else None,

@@ -6,8 +6,6 @@ interval and a permutation p-value; runs are ranked by macro-F1 (categorical) or
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import logging
 import tempfile
@@ -19,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fusion_ser.errors import FusionSerError
+from fusion_ser.evaluation import html_report as htmlpage
 from fusion_ser.evaluation import plots
 from fusion_ser.evaluation.metrics import (compute_metrics, headline_keys, headline_metrics, higher_is_better, metric_label,
                                           primary_key, primary_metric)
@@ -233,28 +232,48 @@ def to_markdown(comp: Comparison, path: Path) -> str:
     return "\n".join(lines)
 
 
-def _html_table(df: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in df.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _html_leaderboard(comp: Comparison) -> str:
+    """The leaderboard as HTML: each headline figure with its interval beneath it, the baseline row marked."""
+    primary = primary_metric(comp.task)
+    header = ["rank", "run"] + [f"{metric_label(k)} [95\u00a0%\u00a0CI]" for k in comp.columns] + [
+        f"Δ {metric_label(primary)} vs baseline (p)"]
+    rows, classes = [], []
+    for _, row in comp.table.iterrows():
+        cells = [str(row["rank"]), htmlpage.esc(row["run"])]
+        cells += [htmlpage.ci_cell(row[k], row[f"{k}_low"], row[f"{k}_high"]) for k in comp.columns]
+        cells.append("baseline" if row["baseline"] else
+                     f"{row[f'delta_{primary}']:+.4f}<span class=\"ci\">p={row[f'p_{primary}']:.3f}</span>")
+        rows.append(cells)
+        classes.append("baseline" if row["baseline"] else ("best" if row["rank"] == 1 else ""))
+    return htmlpage.table(header, rows, classes, escape=False, left=2)
+
+
+def _figure_label(key: str) -> str:
+    """A per-attribute figure key as a reader names it: ccc_valence -> CCC valence, mse_valence_low -> MSE valence,
+    bottom 25 %."""
+    ranges = {"low": "bottom 25 %", "mid": "middle 50 %", "high": "top 25 %"}
+    name, _, rest = key.partition("_")
+    label = {"ccc": "CCC", "pearson": "Pearson r", "mse": "MSE"}.get(name, name)
+    attr, _, part = rest.rpartition("_") if rest.rsplit("_", 1)[-1] in ranges else (rest, "", "")
+    return f"{label} {attr}" + (f", {ranges[part]}" if part else "")
 
 
 def to_html(comp: Comparison, path: Path) -> str:
-    """One self-contained HTML page: tables plus figures embedded as base64 PNG (drawn in a temporary folder)."""
-    imgs = []
+    """One self-contained HTML page (html_report): the leaderboard with intervals first, then per-class F1 (or the
+    per-attribute figures), confusion matrices or MSE by range; figures drawn in a temporary folder and inlined."""
     with tempfile.TemporaryDirectory() as tmp:
-        for title, p in _figures(comp, Path(tmp) / path.stem).items():
-            data = base64.b64encode(p.read_bytes()).decode("ascii")
-            imgs.append(f"<h2>{html.escape(_heading(title))}</h2>"
-                        f"<img alt=\"{html.escape(title)}\" src=\"data:image/png;base64,{data}\">")
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}img{max-width:100%}")
-    notes = "".join(f"<p>{html.escape(n)}</p>" for n in _notes(comp))
-    sub = "Per-class F1" if comp.task == "categorical" else "Per-attribute figures"
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Comparison on {html.escape(comp.split)}</title>"
-            f"<style>{style}</style></head><body><h1>Comparison on {html.escape(comp.split)}</h1>{notes}"
-            f"{_html_table(_display_table(comp))}<h2>{sub}</h2>{_html_table(_per_class_display(comp))}{''.join(imgs)}"
-            "</body></html>\n")
+        figs = {title: htmlpage.image(p, _heading(title)) for title, p in _figures(comp, Path(tmp) / path.stem).items()}
+    notes = "".join(f"<p class=\"muted\">{htmlpage.esc(n)}</p>" for n in _notes(comp))
+    per_class = _per_class_display(comp)
+    if comp.task != "categorical":
+        per_class["figure"] = [_figure_label(k) for k in per_class["figure"]]
+    sub = "Per-class F1" if comp.task == "categorical" else "Per-attribute figures (CCC, Pearson r, MSE by range)"
+    detail = htmlpage.table(list(per_class.columns), per_class.itertuples(index=False))
+    sections = [("leaderboard", "Leaderboard", _html_leaderboard(comp)),
+                ("per-class" if comp.task == "categorical" else "attributes", sub,
+                 detail + "".join(v for k, v in figs.items() if "confusion" not in k))]
+    sections += [("confusion", "Confusion matrices", v) for k, v in figs.items() if "confusion" in k]
+    return htmlpage.page(f"Comparison on {comp.split}", notes, sections)
 
 
 def to_json(comp: Comparison) -> str:

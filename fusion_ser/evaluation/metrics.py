@@ -1,7 +1,9 @@
 """Metrics of the MSP-Podcast challenges: macro/micro F1 for categories, concordance correlation for attributes.
 
 `compute_metrics` turns a run-dir prediction frame into the full set of figures that metrics.json, reports and
-comparisons use; rows whose ground truth is unknown (unlabelled test sets, `other` rows) are skipped and counted.
+comparisons use. A row labelled with a class the run does not know (one that never occurred in its train split)
+is scored as an error (no prediction of the run can match it) and counted in `n_unknown_class`; rows with no
+ground truth (unlabelled test sets, `other`/`no_agreement` rows) are not scored and are counted by reason.
 `headline_metrics`, `primary_metric` and `higher_is_better` are the one definition of which figures are
 reported, which one ranks runs, and which way each is better.
 """
@@ -15,12 +17,16 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, recall_score
 
+from fusion_ser.data.schema import NON_CLASS_LABELS
 from fusion_ser.errors import FusionSerError
 from fusion_ser.rundir import RunInfo
 
 log = logging.getLogger(__name__)
 
 RANGES = ("low", "mid", "high")  # bottom 25 %, middle 50 %, top 25 % of the ground truth
+NO_LABEL = "no label"  # reasons a row is not scored (compute_metrics' "unscored")
+NON_CLASS = "other/no_agreement"
+NO_ATTRIBUTE = "no attribute value"
 
 
 class MetricsError(FusionSerError):
@@ -62,12 +68,37 @@ def range_masks(truth: np.ndarray) -> dict[str, np.ndarray]:
     return {"low": low, "mid": ~low & ~high, "high": high}
 
 
+def scored_classes(df: pd.DataFrame, info: RunInfo) -> list[str]:
+    """info.labels, then (sorted) the labels of the truth that are classes the run does not know: the class list
+    a categorical frame is scored over. `other`/`no_agreement` are not classes (unless the run has them)."""
+    truth = _truth(df)
+    extra = set(truth) - set(info.labels) - set(NON_CLASS_LABELS) - {""}
+    return list(info.labels) + sorted(extra)
+
+
+def _truth(df: pd.DataFrame) -> pd.Series:
+    """The label column as stripped strings, "" where missing ("nan": pandas' spelling of a missing value cast to str)."""
+    truth = df["label"] if "label" in df.columns else pd.Series([""] * len(df), index=df.index)
+    truth = truth.astype(object).where(truth.notna(), "").astype(str).str.strip()
+    return truth.where(truth != "nan", "")
+
+
+def unscored_reasons(df: pd.DataFrame, info: RunInfo) -> dict[str, int]:
+    """Rows of a categorical frame that are not scored, by reason (no label; other/no_agreement), non-zero only."""
+    truth = _truth(df)
+    counts = {NO_LABEL: int((truth == "").sum()),
+              NON_CLASS: int((truth.isin(NON_CLASS_LABELS) & ~truth.isin(info.labels)).sum())}
+    return {k: n for k, n in counts.items() if n}
+
+
 def categorical_arrays(df: pd.DataFrame, info: RunInfo, source: str = "predictions") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Class indices (truth, prediction) of the rows with a known label among info.labels, and that row mask."""
+    """Class indices (truth, prediction) of the scored rows, and that row mask.
+
+    Indices are into `scored_classes(df, info)`: a truth label the run does not know gets an index past
+    info.labels, so the row counts as an error; rows without a label or with other/no_agreement are not scored."""
     labels = list(info.labels)
     if not labels:
         raise MetricsError(f"{source}: run.json lists no labels for a categorical run; rewrite it with the class order of prob_<class>")
-    index = {c: i for i, c in enumerate(labels)}
     if "pred" in df.columns:
         pred = df["pred"].astype(object).where(df["pred"].notna(), "").astype(str)
     else:
@@ -76,8 +107,8 @@ def categorical_arrays(df: pd.DataFrame, info: RunInfo, source: str = "predictio
         if missing:
             raise MetricsError(f"{source}: neither a 'pred' column nor all of {missing}; rewrite the predictions with predict_frame")
         pred = pd.Series(np.asarray(labels, dtype=object)[df[prob_cols].to_numpy().argmax(axis=1)], index=df.index)
-    truth = df["label"] if "label" in df.columns else pd.Series([""] * len(df), index=df.index)
-    truth = truth.astype(object).where(truth.notna(), "").astype(str)
+    truth = _truth(df)
+    index = {c: i for i, c in enumerate(scored_classes(df, info))}
     known = truth.isin(index).to_numpy()
     bad = sorted(set(pred[known]) - set(labels))
     if bad:
@@ -137,17 +168,28 @@ def attribute_metrics(truth: np.ndarray, pred: np.ndarray, attribute: str) -> di
 
 
 def compute_metrics(df: pd.DataFrame, info: RunInfo, *, source: str = "predictions") -> dict:
-    """Every figure of a run-dir prediction frame; `n` rows scored, `n_skipped` rows with unknown truth.
+    """Every figure of a run-dir prediction frame; `n` rows scored, `n_skipped` rows not scored (with no ground
+    truth) and `unscored` their count by reason; `n_unknown_class` scored rows whose label is not a class of the
+    run (errors by construction) and `unknown_classes` their count per label.
 
     `source` (e.g. the predictions file) names the frame in error messages."""
     if info.task == "categorical":
         y, p, known = categorical_arrays(df, info, source)
         skipped = int((~known).sum())
+        unscored = {"unscored": unscored_reasons(df, info)} if skipped else {}
         if skipped:
-            log.info("%d of %d rows have no label among %s and are not scored", skipped, len(df), info.labels)
+            log.info("%d of %d rows have no ground truth (%s) and are not scored", skipped, len(df), unscored["unscored"])
         if len(y) == 0:
-            return {"n": 0, "n_skipped": skipped}
-        return {**categorical_metrics(y, p, list(info.labels)), "n_skipped": skipped}
+            return {"n": 0, "n_skipped": skipped, **unscored}
+        classes = scored_classes(df, info)
+        out = {**categorical_metrics(y, p, classes), "n_skipped": skipped, **unscored}
+        k = len(info.labels)
+        out["n_unknown_class"] = int((y >= k).sum())
+        if out["n_unknown_class"]:
+            out["unknown_classes"] = {c: int((y == i).sum()) for i, c in enumerate(classes) if i >= k}
+            log.info("%s: %d row(s) are labelled with classes the run does not know (%s); they count as errors",
+                        source, out["n_unknown_class"], out["unknown_classes"])
+        return out
     if info.task == "attributes":
         if not info.attributes:
             raise MetricsError(f"{source}: run.json lists no attributes for an attribute run; rewrite it with the predicted attributes")
@@ -165,6 +207,8 @@ def compute_metrics(df: pd.DataFrame, info: RunInfo, *, source: str = "predictio
             out["ccc_mean"] = float(np.mean(cccs))
         out["n"] = int(any_known.sum())
         out["n_skipped"] = int((~any_known).sum())
+        if out["n_skipped"]:
+            out["unscored"] = {NO_ATTRIBUTE: out["n_skipped"]}
         return out
     raise MetricsError(f"{source}: run.json task '{info.task}' is not one of ['categorical', 'attributes']")
 

@@ -53,13 +53,16 @@ def plot_confusion(cm: Sequence[Sequence[int]], labels: Sequence[str], path: str
     return _save(fig, path)
 
 
-def plot_confusion_grid(cms: Mapping[str, Sequence[Sequence[int]]], labels: Sequence[str], path: str | Path) -> Path:
-    """Row-normalised confusion matrices of several runs side by side."""
+def plot_confusion_grid(cms: Mapping[str, Sequence[Sequence[int]]], labels: Sequence[str], path: str | Path,
+                        columns: int = 2) -> Path:
+    """Row-normalised confusion matrices of several runs, `columns` per row (so each stays legible on a page)."""
     n = len(cms)
+    cols = max(1, min(columns, n))
+    rows = -(-n // cols)
     size = 1.2 + 0.5 * len(labels)
-    fig = Figure(figsize=(size * n + 1, size + 0.5))
+    fig = Figure(figsize=(size * cols + 1, (size + 0.5) * rows))
     for i, (name, cm) in enumerate(cms.items()):
-        _draw_confusion(fig.add_subplot(1, n, i + 1), np.asarray(cm), labels, name)
+        _draw_confusion(fig.add_subplot(rows, cols, i + 1), np.asarray(cm), labels, name)
     fig.tight_layout()
     return _save(fig, path)
 

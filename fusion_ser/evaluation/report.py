@@ -79,8 +79,8 @@ def _split_figures(run: RunDir, info: RunInfo, split: str, metrics: dict, df: pd
     if metrics["n"] == 0:
         return out
     if info.task == "categorical":
-        out["confusion"] = plots.plot_confusion(metrics["confusion_matrix"], info.labels, run.path / f"{split}_confusion.png",
-                                                f"{split}: confusion (row-normalised)")
+        out["confusion"] = plots.plot_confusion(metrics["confusion_matrix"], metrics.get("labels", info.labels),
+                                                run.path / f"{split}_confusion.png", f"{split}: confusion (row-normalised)")
         out["per_class_f1"] = plots.plot_per_class_f1({split: metrics["per_class_f1"]}, run.path / f"{split}_per_class_f1.png")
         return out
     for a in info.attributes:
@@ -95,8 +95,10 @@ def _split_figures(run: RunDir, info: RunInfo, split: str, metrics: dict, df: pd
 
 def _categorical_section(metrics: dict, figs: dict[str, Path]) -> list[str]:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    unknown = metrics.get("unknown_classes") or {}
     for c in metrics["labels"]:
-        lines.append(f"| {c} | {metrics['per_class_precision'][c]:.4f} | {metrics['per_class_recall'][c]:.4f} | "
+        name = f"{c} (not a class of the run: every row is an error)" if c in unknown else c
+        lines.append(f"| {name} | {metrics['per_class_precision'][c]:.4f} | {metrics['per_class_recall'][c]:.4f} | "
                      f"{metrics['per_class_f1'][c]:.4f} | {metrics['support'][c]} |")
     lines += ["", f"![confusion matrix]({figs['confusion'].name})", "", f"![per-class F1]({figs['per_class_f1'].name})", ""]
     return lines
@@ -117,6 +119,23 @@ def _attribute_section(metrics: dict, info: RunInfo, figs: dict[str, Path]) -> l
     return lines
 
 
+def _unscored_text(metrics: dict) -> str:
+    """'10 skipped (no label: 8, other/no_agreement: 2)': rows not scored, by reason when recorded."""
+    reasons = metrics.get("unscored") or {}
+    detail = ", ".join(f"{r}: {n}" for r, n in reasons.items()) or "unknown truth"
+    return f"{metrics['n_skipped']} skipped ({detail})"
+
+
+def _scored_text(metrics: dict) -> str:
+    """'230 utterances scored' (with the rows whose label is not a class of the run, which count as errors)."""
+    unknown = metrics.get("unknown_classes") or {}
+    if not unknown:
+        return f"{metrics['n']} utterances scored"
+    names = ", ".join(f"{c}: {n}" for c, n in unknown.items())
+    return (f"{metrics['n']} utterances scored ({metrics['n_unknown_class']} of them labelled with classes the run "
+            f"does not know, {names}: they count as errors)")
+
+
 def write_report(run: RunDir, info: RunInfo, results: dict[str, dict], figures: dict[str, dict[str, Path]],
                  curves: Optional[Path]) -> Path:
     """report.md of a run: headline figures with 95 % intervals, per-class / per-attribute tables, figure links."""
@@ -131,10 +150,12 @@ def write_report(run: RunDir, info: RunInfo, results: dict[str, dict], figures: 
     for split, metrics in results.items():
         lines += [f"## {split}", ""]
         if metrics["n"] == 0:
-            lines += [f"No scored utterances: all {metrics['n_skipped']} rows have unknown ground truth.", ""]
+            reasons = metrics.get("unscored") or {}
+            by_reason = f" By reason: {', '.join(f'{r}: {n}' for r, n in reasons.items())}." if reasons else ""
+            lines += [f"No scored utterances: all {metrics['n_skipped']} rows have unknown ground truth.{by_reason}", ""]
             continue
         method = metrics["ci_method"]
-        lines += [f"{metrics['n']} utterances scored, {metrics['n_skipped']} skipped (unknown truth). "
+        lines += [f"{_scored_text(metrics)}, {_unscored_text(metrics)}. "
                   f"95 % bootstrap intervals over {method['n_boot']} resamples of {method['unit']}s (seed {method['seed']}).", "",
                   "| metric | value [95 % CI] |", "|---|---|"]
         lines += [f"| {k} | {_ci_cell(metrics['ci'], k)} |" for k in headline_keys(info) if k in metrics["ci"]]
@@ -184,4 +205,9 @@ def evaluate_run(run_dir: str | Path, splits: Optional[list[str]] = None, *, n_b
         if s not in figures and isinstance(stored, dict) and "ci" in stored:
             figures[s] = _split_figures(run, info, s, stored, run.read_predictions(s), value_range)
     write_report(run, info, {s: all_metrics[s] for s in available if s in figures}, figures, curves)
+    from fusion_ser.evaluation.card import write_model_card
+    from fusion_ser.evaluation.html_report import write_run_html
+
+    write_run_html(run, info, {s: all_metrics[s] for s in available if s in figures}, figures, curves, run_manifest(run))
+    write_model_card(run, info)
     return results

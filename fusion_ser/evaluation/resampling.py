@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fusion_ser.errors import FusionSerError
-from fusion_ser.evaluation.metrics import attribute_arrays, categorical_arrays, headline_keys
+from fusion_ser.evaluation.metrics import attribute_arrays, categorical_arrays, headline_keys, scored_classes
 from fusion_ser.rundir import RunInfo
 
 CHUNK = 256  # resamples evaluated at once (bounds memory on large test sets)
@@ -36,10 +36,15 @@ class ScoreData:
     truth: Optional[np.ndarray] = None  # attributes: (n, A), 0 where unknown
     pred: Optional[np.ndarray] = None  # attributes: (n, A), 0 where unknown
     known: Optional[np.ndarray] = None  # attributes: (n, A) bool
+    classes: Optional[list[str]] = None  # categorical: the classes y indexes (info.labels, then unknown truth labels)
 
     @property
     def n(self) -> int:
         return len(self.utt_ids)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes) if self.classes is not None else len(self.info.labels)
 
     def subset(self, utt_ids: np.ndarray) -> "ScoreData":
         """The same run restricted to (and ordered as) the given utterances, all of which it must hold."""
@@ -55,7 +60,7 @@ class ScoreData:
     def figures(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """Headline figures under each row of utterance weights (B, n); a row of ones gives the point estimate."""
         if self.info.task == "categorical":
-            return _class_figures(weights @ _pair_onehot(self.y, self.p, len(self.info.labels)), len(self.info.labels))
+            return _class_figures(weights @ _pair_onehot(self.y, self.p, self.n_classes), self.n_classes)
         attrs = self.info.attributes
         return _attribute_figures(attrs, [weights @ _moments(self.truth[:, j], self.pred[:, j], self.known[:, j])
                                           for j in range(len(attrs))])
@@ -70,7 +75,7 @@ def score_data(df: pd.DataFrame, info: RunInfo, *, source: str = "predictions") 
                               "each utterance must have one prediction")
     if info.task == "categorical":
         y, p, known = categorical_arrays(df, info, source)
-        return ScoreData(info, utt[known], y=y, p=p)
+        return ScoreData(info, utt[known], y=y, p=p, classes=scored_classes(df, info))
     n_attr = len(info.attributes)
     truth = np.zeros((len(df), n_attr))
     pred = np.zeros((len(df), n_attr))
@@ -195,7 +200,7 @@ def align(base: ScoreData, run: ScoreData, *, base_name: str = "baseline", run_n
                               f"{len(set(base.utt_ids) & set(run.utt_ids))} in common; restrict both to the common ones first")
     run = run.subset(base.utt_ids)
     if base.info.task == "categorical":
-        same = np.array_equal(base.y, run.y)
+        same = (base.classes or base.info.labels) == (run.classes or run.info.labels) and np.array_equal(base.y, run.y)
     else:
         both = base.known & run.known
         same = np.array_equal(base.known, run.known) and np.allclose(base.truth[both], run.truth[both])
@@ -242,7 +247,7 @@ def _swapped_figures(base: ScoreData, run: ScoreData, swap: np.ndarray) -> tuple
     """Figures of the two runs after exchanging their predictions on the utterances where swap (B, n) is True."""
     s = swap.astype(np.float64)
     if base.info.task == "categorical":
-        k = len(base.info.labels)
+        k = base.n_classes
         ob, orun = _pair_onehot(base.y, base.p, k), _pair_onehot(run.y, run.p, k)
         moved = s @ (ob - orun)
         return _class_figures(orun.sum(axis=0) + moved, k), _class_figures(ob.sum(axis=0) - moved, k)

@@ -1,16 +1,26 @@
-"""MSP-Podcast challenge submission files: FileName + EmoClass (Task 1) or FileName + EmoAct, EmoVal, EmoDom (Task 2)."""
+"""MSP-Podcast challenge submission files: FileName + EmoClass (Task 1) or FileName + EmoAct, EmoVal, EmoDom (Task 2).
+
+A submission must hold every row of the split in the run's manifest: rows without a prediction (e.g. clips that
+could not be read) make `export_submission` refuse, naming the count and a few utt_ids, unless `allow_partial`.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pandas as pd
 
+from fusion_ser.data.folds import apply_fold
+from fusion_ser.data.manifest import read_manifest
 from fusion_ser.errors import FusionSerError
 from fusion_ser.evaluation.report import attribute_range
-from fusion_ser.rundir import RunDir, RunInfo, atomic_write_text
+from fusion_ser.rundir import RunDir, RunInfo, atomic_write_text, read_run_config
+
+log = logging.getLogger(__name__)
 
 CLASS_CODES = {"anger": "A", "contempt": "C", "disgust": "D", "fear": "F", "happiness": "H", "neutral": "N",
                "sadness": "S", "surprise": "U"}
@@ -55,11 +65,59 @@ def submission_frame(df: pd.DataFrame, info: RunInfo, value_range: Optional[list
     return out
 
 
-def export_submission(run_dir: str | Path, output: str | Path, split: str = "test") -> tuple[Path, int]:
-    """Write a run's predictions on `split` as a challenge submission CSV; returns the path and the row count."""
+@dataclass
+class Coverage:
+    """How a run's predictions on a split cover that split of its manifest; `manifest` None: it could not be read."""
+
+    manifest: Optional[Path]
+    expected: int = 0
+    missing: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def describe(self, split: str) -> str:
+        shown = ", ".join(self.missing[:5]) + (", ..." if len(self.missing) > 5 else "")
+        return (f"{len(self.missing)} of the {self.expected} {split} rows of manifest '{self.manifest}' have no "
+                f"prediction (e.g. {shown})")
+
+
+def coverage(run_dir: str | Path, split: str = "test", predictions: Optional[pd.DataFrame] = None) -> Coverage:
+    """Which rows of `split` in the run's manifest (the fold's split for a run on data.fold) have no prediction."""
+    run = RunDir(run_dir)
+    recorded = run.manifest()
+    if not recorded:
+        return Coverage(None, note=f"run '{run.path}' records no manifest, so the rows could not be checked")
+    path = Path(recorded)
+    if not path.is_file():
+        return Coverage(None, note=f"the run's manifest '{path}' does not exist any more, so the rows could not be checked")
+    df = read_manifest(path, validate=False)
+    fold = (read_run_config(run.config_path)[0].get("data") or {}).get("fold")
+    if fold is not None:
+        df = apply_fold(df, int(fold))
+    expected = df.loc[df["split"].astype(str) == split, "utt_id"].astype(str).tolist()
+    preds = run.read_predictions(split) if predictions is None else predictions
+    have = set(preds["utt_id"].astype(str))
+    return Coverage(path, len(expected), [u for u in expected if u not in have])
+
+
+def export_submission(run_dir: str | Path, output: str | Path, split: str = "test", *,
+                      allow_partial: bool = False) -> tuple[Path, int]:
+    """Write a run's predictions on `split` as a challenge submission CSV; returns the path and the row count.
+
+    Refuses (SubmissionError, nothing written) when rows of the split in the run's manifest have no prediction,
+    unless `allow_partial` (then logged as a warning; `coverage` tells the caller the same)."""
     run = RunDir(run_dir)
     info = run.require_complete()
-    frame = submission_frame(run.read_predictions(split), info, attribute_range(run))
+    preds = run.read_predictions(split)
+    frame = submission_frame(preds, info, attribute_range(run))
+    cov = coverage(run_dir, split, preds)
+    if cov.note:
+        log.warning("%s", cov.note)
+    if cov.missing:
+        if not allow_partial:
+            raise SubmissionError(f"{cov.describe(split)}, so the submission would be incomplete and nothing was "
+                                  f"written; predict those rows first, or allow a partial submission",
+                                  options=("allow_partial",))
+        log.warning("partial submission: %s", cov.describe(split))
     path = Path(output)
     atomic_write_text(path, frame.to_csv(index=False))
     return path, len(frame)

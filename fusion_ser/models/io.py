@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -62,7 +64,12 @@ def load_model(directory: str | Path) -> tuple[nn.Module, Config, list[str]]:
     index = json.loads((d / "encoders.json").read_text()) if (d / "encoders.json").is_file() else {}
     loaded = {}
     for name, meta in index.items():
-        loaded[name] = load_encoder(meta["modality"], d / meta["dir"])
+        try:
+            loaded[name] = load_encoder(meta["modality"], d / meta["dir"])
+        except pickle.UnpicklingError as e:  # a pickle in the folder is refused by the weights-only load
+            raise ModelLoadError(f"'{d / meta['dir']}' holds pickle weights that do not load as plain tensors (they "
+                                 "could run code), so they are refused; weights must be safetensors: re-save the "
+                                 "model") from e
     if cfg.modality in ("audio", "text") and set(loaded) == {"encoder"}:
         model = UnimodalModel(cfg, labels, encoder=loaded["encoder"])
     elif cfg.modality == "both" and set(loaded) == {"audio_encoder", "text_encoder"}:
@@ -73,7 +80,11 @@ def load_model(directory: str | Path) -> tuple[nn.Module, Config, list[str]]:
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, attr, enc)
-    state = load_file(str(d / WEIGHTS_FILE))
+    try:
+        state = load_file(str(d / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(f"'{d / WEIGHTS_FILE}' cannot be read ({e}); the model folder is damaged: restore it, "
+                             "or train the run again") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not any(k == n or k.startswith(n + ".") for n in loaded)]
     if missing or unexpected:

@@ -26,7 +26,7 @@ class RunStarted:
     n_train: int
     n_dev: int
     n_test: int
-    skipped: str  # one-line summary of clips screened out
+    skipped: str  # one line: the manifest rows not used, by split and reason (selection.DroppedRows.summary)
 
 
 @dataclass(frozen=True)

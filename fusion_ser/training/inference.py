@@ -110,6 +110,14 @@ def run_inference(runner: Runner, loader: DataLoader, stage: str, task: str,
     return utt_ids, stacked, (loss_sum / loss_n if loss_n else float("nan")), skipped
 
 
+def non_finite_ids(utt_ids: Sequence[str], outputs: np.ndarray) -> list[str]:
+    """The utt_ids whose output row (probabilities or attribute values) holds a NaN or an infinity."""
+    if not len(outputs):
+        return []
+    bad = ~np.isfinite(np.asarray(outputs, dtype=np.float64)).all(axis=1)
+    return [str(u) for u, b in zip(utt_ids, bad) if b]
+
+
 def model_labels(runner: Runner, cfg: Config) -> list[str]:
     """The class order of a categorical model (its `labels`); [] for attributes."""
     labels = list(getattr(runner.module, "labels", []))
@@ -168,13 +176,9 @@ def predict_frame(model: Union[nn.Module, Runner], df: pd.DataFrame, cfg: Config
     return _predict(runner, dataset, cfg, stage, n_rows)
 
 
-def predict_arrays(model: Union[nn.Module, Runner], utt_ids: Sequence[str], cfg: Config, *,
-                   waveforms: Optional[Sequence[np.ndarray]] = None, texts: Optional[Sequence[str]] = None,
-                   device: Optional[torch.device] = None) -> pd.DataFrame:
-    """Predict in-memory inputs: mono waveforms at cfg.data.sample_rate and/or transcripts, one per utt_id, in the
-    prediction format and in the given order. Waveforms are checked like decoded files (data.audio); an unusable
-    one (silent, too short, non-finite) is logged and left out of the result."""
-    runner = as_runner(model, cfg, device)
+def _array_dataset(runner: Runner, utt_ids: Sequence[str], cfg: Config, waveforms: Optional[Sequence[np.ndarray]],
+                   texts: Optional[Sequence[str]]) -> tuple[EmotionDataset, int]:
+    """The dataset of in-memory inputs (unusable waveforms logged and left out) and the number of inputs given."""
     needs_audio = cfg.modality in ("audio", "both")
     if needs_audio and (waveforms is None or len(waveforms) != len(utt_ids)):
         raise InferenceError(f"a {cfg.modality} model needs one waveform per input ({len(utt_ids)} inputs)")
@@ -193,5 +197,39 @@ def predict_arrays(model: Union[nn.Module, Runner], utt_ids: Sequence[str], cfg:
                 logger.warning("skipping '%s': %s", uid, e)
                 keep.append(False)
         frame = frame[np.asarray(keep, dtype=bool)].reset_index(drop=True)
-    dataset = EmotionDataset(frame, cfg, model_labels(runner, cfg), training=False, waveforms=kept)
+    return EmotionDataset(frame, cfg, model_labels(runner, cfg), training=False, waveforms=kept), n_rows
+
+
+def predict_arrays(model: Union[nn.Module, Runner], utt_ids: Sequence[str], cfg: Config, *,
+                   waveforms: Optional[Sequence[np.ndarray]] = None, texts: Optional[Sequence[str]] = None,
+                   device: Optional[torch.device] = None) -> pd.DataFrame:
+    """Predict in-memory inputs: mono waveforms at cfg.data.sample_rate and/or transcripts, one per utt_id, in the
+    prediction format and in the given order. Waveforms are checked like decoded files (data.audio); an unusable
+    one (silent, too short, non-finite) is logged and left out of the result."""
+    runner = as_runner(model, cfg, device)
+    dataset, n_rows = _array_dataset(runner, utt_ids, cfg, waveforms, texts)
     return _predict(runner, dataset, cfg, "predict", n_rows)
+
+
+@torch.no_grad()
+def embed_arrays(model: Union[nn.Module, Runner], utt_ids: Sequence[str], cfg: Config, *,
+                 waveforms: Optional[Sequence[np.ndarray]] = None, texts: Optional[Sequence[str]] = None,
+                 device: Optional[torch.device] = None) -> dict[str, np.ndarray]:
+    """utt_id -> the model's pooled embedding (the head's input, `ModelOutput.records["embedding"]`) of each usable
+    in-memory input, as float32; inputs are checked as in `predict_arrays`."""
+    runner = as_runner(model, cfg, device)
+    dataset, _ = _array_dataset(runner, utt_ids, cfg, waveforms, texts)
+    was_training = runner.module.training
+    runner.module.eval()
+    out: dict[str, np.ndarray] = {}
+    for batch in eval_loader(dataset, cfg):
+        if not batch["size"]:
+            continue
+        records = runner.evaluate_batch(to_device(batch, runner.device), "predict").records
+        if "embedding" not in records:
+            raise InferenceError(f"{type(runner.module).__name__} records no pooled embedding; its forward must set "
+                                 "ModelOutput.records['embedding']")
+        for uid, vec in zip(batch["utt_id"], records["embedding"].float().cpu().numpy()):
+            out[str(uid)] = vec
+    runner.module.train(was_training)
+    return out

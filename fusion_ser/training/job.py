@@ -24,16 +24,17 @@ from fusion_ser.data.dataset import CachedInput, EmotionDataset
 from fusion_ser.data.feature_cache import FeatureCache
 from fusion_ser.data.folds import FoldError
 from fusion_ser.data.manifest import read_manifest
-from fusion_ser.data.selection import RunData, load_run_data, refit_rows
+from fusion_ser.data.selection import NOT_ENCODED, UNREADABLE_AUDIO, RunData, load_run_data, refit_rows
 from fusion_ser.device import resolve_device, seed_everything
 from fusion_ser.evaluation.metrics import compute_metrics
 from fusion_ser.models.factory import build_model, model_encoders
 from fusion_ser.models.io import save_model
-from fusion_ser.rundir import (RunDir, RunInfo, atomic_write_text, manifest_provenance, read_run_config, resumable,
-                               write_run_config)
+from fusion_ser.rundir import (RunDir, RunInfo, attr_pred_columns, atomic_write_text, file_hash, manifest_provenance,
+                               prob_columns, read_run_config, resumable, write_run_config)
 from fusion_ser.training import distributed as D
 from fusion_ser.training.events import CacheProgress, CacheStarted, Callback, FoldStarted, RefitStarted, RunStarted
-from fusion_ser.training.inference import predict_frame
+from fusion_ser.training.inference import non_finite_ids, predict_frame
+from fusion_ser.training.plan import Plan, make_plan
 from fusion_ser.training.trainer import Trainer, TrainError
 
 logger = logging.getLogger(__name__)
@@ -62,11 +63,33 @@ def _config_diff(a: dict, b: dict, prefix: tuple = ()) -> list[str]:
     return out
 
 
+def _manifest_changes(run: RunDir, values: dict, provenance: dict, manifest: str) -> list[str]:
+    """How the manifest of a resume differs from the one the run started on (its path, or its content)."""
+    saved_path = provenance.get("manifest") or (values.get("data") or {}).get("manifest")
+    if saved_path and str(Path(saved_path)) != manifest:
+        return [f"the manifest is '{manifest}' now but the run was started on '{saved_path}'"]
+    saved_hash = provenance.get("manifest_sha256")
+    if saved_hash and Path(manifest).is_file() and file_hash(manifest) != saved_hash:
+        return [f"the manifest '{manifest}' was edited since the run started (sha256 {file_hash(manifest)[:12]}... "
+                f"now, {str(saved_hash)[:12]}... in {run.config_path.name})"]
+    return []
+
+
 def _resumable(run: RunDir, cfg: Config) -> bool:
-    """True when `run` holds an unfinished training of the same config to resume; raise when it is in the way."""
-    if not resumable(run.path, kind="model") or not (run.checkpoint_dir / "last.pt").is_file():
+    """True when `run` holds an unfinished training of the same config and data to resume; raise when it is in the
+    way. An unfinished run without a checkpoint (stopped before its first epoch ended) is trained from scratch."""
+    if not resumable(run.path, kind="model"):
         return False
-    saved = upgrade_legacy_keys(read_run_config(run.config_path)[0], str(run.config_path))
+    if not (run.checkpoint_dir / "last.pt").is_file():
+        logger.warning("run '%s' is unfinished but has no checkpoint (%s): it stopped before its first epoch ended, "
+                       "so it is trained again from scratch", run.path, run.checkpoint_dir / "last.pt")
+        return False
+    values, provenance = read_run_config(run.config_path)
+    changed = _manifest_changes(run, values, provenance, str(cfg.data.manifest))
+    if changed:
+        raise TrainError(f"run '{run.path}' cannot be resumed on other data: {changed[0]}. Resume with the original "
+                         "manifest, or train into a new output folder")
+    saved = upgrade_legacy_keys(values, str(run.config_path))
     diff = _config_diff(dataclasses.asdict(cfg), saved)
     if diff:
         raise TrainError(f"run '{run.path}' was started with a different config, so it cannot be resumed: "
@@ -117,13 +140,18 @@ def fill_caches(cached: list[CachedInput], data: RunData, dist: D.DistInfo,
         return data
     for u in failed:
         data.screen.dropped.setdefault(u, "could not be encoded for the feature cache")
-    for s in ("train", "dev", "test"):
-        f = getattr(data, s)
-        mask = ~f["utt_id"].astype(str).isin(failed).to_numpy()
-        setattr(data, s, f[mask].reset_index(drop=True))
-        if data.durations[s] is not None:
-            data.durations[s] = data.durations[s][mask]
+    data.drop(failed, NOT_ENCODED)
     return data
+
+
+def write_dropped(run: RunDir, info: RunInfo, data: RunData) -> None:
+    """Record the manifest rows the run does not use: counts in run.json's extra (set here, written by the caller)
+    and every split and reason with a few utt_ids in dropped_rows.json."""
+    info.extra["dropped_rows"] = data.dropped.counts_dict()
+    if data.cropped:
+        info.extra["cropped_eval_clips"] = dict(data.cropped)
+    if data.dropped.total:
+        atomic_write_text(run.path / "dropped_rows.json", json.dumps(data.dropped.to_dict(), indent=2))
 
 
 def _manifest_or_error(cfg: Config, manifest_path: Optional[str | Path]) -> str | Path:
@@ -146,6 +174,7 @@ def train_run(cfg: Config, manifest_path: Optional[str | Path], out_dir: str | P
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, data.labels, train_labels=data.train["label"].tolist())
     cached = feature_caches(model, cfg)
+    make_plan(cfg, data, model, cached, dist.world_size).raise_problems()
     if cached:
         data = fill_caches(cached, data, dist, progress, speeds=tuple(cfg.data.speed_perturb),
                            augmented=("train", "dev") if cfg.train.refit_on_dev else ("train",))
@@ -159,12 +188,13 @@ def train_run(cfg: Config, manifest_path: Optional[str | Path], out_dir: str | P
             shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
             run.path.mkdir(parents=True, exist_ok=True)
             write_run_config(run.config_path, dataclasses.asdict(cfg), manifest_provenance(manifest_path))
+        write_dropped(run, info, data)
         run.write_info(info)
         if data.screen.dropped:
             atomic_write_text(run.path / "skipped_clips.json", json.dumps(data.screen.dropped, indent=2))
     D.barrier(dist)
     _emit(progress, dist, RunStarted(resume=resume, n_train=len(data.train), n_dev=len(data.dev),
-                                     n_test=len(data.test), skipped=data.screen.summary()))
+                                     n_test=len(data.test), skipped=data.dropped.summary()))
     train_set = EmotionDataset(data.train, cfg, data.labels, training=True, durations=data.durations["train"], cached=cached)
     dev_set = EmotionDataset(data.dev, cfg, data.labels, training=False, durations=data.durations["dev"], cached=cached)
     trainer = trainer_cls(cfg, model, data.labels, device=device, dist=dist, info=info, progress=progress,
@@ -175,6 +205,14 @@ def train_run(cfg: Config, manifest_path: Optional[str | Path], out_dir: str | P
         finish(trainer, cfg, data, run, info, cached, refit)
     D.barrier(dist)
     return run
+
+
+def dry_run(cfg: Config, manifest_path: Optional[str | Path]) -> Plan:
+    """The plan of `train_run(cfg, manifest)` without training or writing anything (see training/plan.py)."""
+    manifest_path = _manifest_or_error(cfg, manifest_path)
+    data = load_run_data(cfg, manifest_path)
+    model = build_model(cfg, data.labels, train_labels=data.train["label"].tolist())
+    return make_plan(cfg, data, model, feature_caches(model, cfg), D.init_distributed().world_size)
 
 
 @dataclasses.dataclass
@@ -213,15 +251,28 @@ def finish(trainer: Trainer, cfg: Config, data: RunData, run: RunDir, info: RunI
     trainer.load_best()
     if refit is not None:
         refit.trainer.load_best()
-        save_model(trainer.module, cfg, data.labels, run.path / "model_dev_selected")
-    save_model(refit.trainer.module if refit is not None else trainer.module, cfg, data.labels, run.model_dir)
-    metrics: dict[str, Any] = {}
+    preds: dict[str, pd.DataFrame] = {}
     for split in ("dev", "test"):
         frame = getattr(data, split)
         if len(frame) == 0:
             continue
         runner = refit.trainer if refit is not None and split == "test" else trainer
-        pred = predict_frame(runner, frame, cfg, cached=cached, stage=split)
+        preds[split] = predict_frame(runner, frame, cfg, cached=cached, stage=split)
+        unpredicted = set(frame["utt_id"].astype(str)) - set(preds[split]["utt_id"].astype(str))
+        data.dropped.add(split, UNREADABLE_AUDIO, sorted(unpredicted))  # failed to decode: no prediction
+        output_columns = (prob_columns(info.labels) if info.task == "categorical"
+                          else attr_pred_columns(info.attributes))
+        bad = non_finite_ids(preds[split]["utt_id"].tolist(), preds[split][output_columns].to_numpy())
+        if bad:
+            raise TrainError(f"the trained model's {split} outputs are not finite for {len(bad)} of "
+                             f"{len(preds[split])} rows (e.g. '{bad[0]}'), so no predictions were written and run "
+                             f"'{run.path}' stays unfinished. Check the learning rates (optim.lr_head, "
+                             "optim.lr_encoder) and the data of those rows, then train again")
+    if refit is not None:
+        save_model(trainer.module, cfg, data.labels, run.path / "model_dev_selected")
+    save_model(refit.trainer.module if refit is not None else trainer.module, cfg, data.labels, run.model_dir)
+    metrics: dict[str, Any] = {}
+    for split, pred in preds.items():
         run.write_predictions(split, pred)
         metrics[split] = compute_metrics(pred, info)
     metrics["best_epoch"] = trainer.best_epoch
@@ -238,6 +289,7 @@ def finish(trainer: Trainer, cfg: Config, data: RunData, run: RunDir, info: RunI
 
         evaluate_run(run.path, allow_incomplete=True, seed=cfg.seed)
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+    write_dropped(run, info, data)
     info.extra.update({"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch})
     info.complete = True
     run.write_info(info)

@@ -35,10 +35,12 @@ from fusion_ser.training import checkpoint as ckpt
 from fusion_ser.training import distributed as D
 from fusion_ser.training.averaging import WeightEMA
 from fusion_ser.training.events import Callback, EpochEnded, EpochStarted, Event, StepDone
-from fusion_ser.training.inference import Runner, eval_loader, outputs_frame, run_inference
+from fusion_ser.training.inference import Runner, eval_loader, non_finite_ids, outputs_frame, run_inference
 from fusion_ser.training.optim import lr_lambda, param_groups
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "best_score", "best_epoch", "bad_epochs", "log")
 
 
 class TrainError(FusionSerError):
@@ -178,9 +180,11 @@ class Trainer(Runner):
                 with (self.model.no_sync() if not sync else contextlib.nullcontext()):
                     out = self.compute_forward(batch, "train")
                     loss = self.compute_objectives(out, batch, "train")
+                    value = float(loss.detach())
+                    self._check_loss(value, epoch, i + 1, n_batches, batch)
                     scaled = loss / accum
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                loss_sum += float(loss.detach()) * batch["size"]
+                loss_sum += value * batch["size"]
                 n_utts += batch["size"]
             elif batch["size"]:
                 idle += batch["size"]
@@ -199,6 +203,18 @@ class Trainer(Runner):
                            "unreadable (every rank must take part in each gradient all-reduce)", epoch, int(idle))
         return {"loss": loss_sum / max(1.0, n_utts), "utt_per_s": n_utts / max(elapsed, 1e-9),
                 "seconds": elapsed, "cpu_seconds": time.process_time() - cpu_start, "skipped": int(skipped)}
+
+    def _check_loss(self, value: float, epoch: int, step: int, n_batches: int, batch: dict[str, Any]) -> None:
+        """Stop before a non-finite loss reaches the weights (every rank stops together under DDP)."""
+        here = math.isfinite(value)
+        finite = D.all_reduce_sum([0.0 if here else 1.0], self.dist)[0] == 0 if self.dist.enabled else here
+        if finite:
+            return
+        ids = ", ".join(map(str, list(batch["utt_id"])[:3])) + "..." if not here else "of another rank"
+        raise TrainError(f"the training loss is not finite ({value}) at epoch {epoch}, step {step} (batch {step} of "
+                         f"{n_batches}; utterances {ids}); the run is left unfinished. Check "
+                         "the learning rates (optim.lr_head, optim.lr_encoder: too high?), optim.grad_clip, and the "
+                         "data of that batch (audio, attribute values)")
 
     def _all_ranks_have_data(self, size: int) -> bool:
         """Whether every rank has clips in this batch. A rank whose batch failed to decode cannot skip alone: the
@@ -234,10 +250,21 @@ class Trainer(Runner):
             width = len(self.cfg.data.attributes) if self.cfg.task == "attributes" else len(self.labels)
             with self.averaged():
                 utt_ids, outputs, loss, _ = run_inference(self, loader, "dev", self.cfg.task, width)
-            metrics = compute_metrics(outputs_frame(dataset, self.cfg, self.labels, utt_ids, outputs), self.info)
-            stats = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            stats["loss"] = loss
-        return D.broadcast_object(stats, self.dist)
+            bad = non_finite_ids(utt_ids, outputs)
+            if bad:
+                stats = {"_error": f"epoch {self.epoch + 1}: the model's dev outputs are not finite for {len(bad)} of "
+                                  f"{len(utt_ids)} rows (e.g. '{bad[0]}'); training diverged and the run is left "
+                                  "unfinished. Check the learning rates (optim.lr_head, optim.lr_encoder) and the data "
+                                  "of those rows"}
+            else:
+                metrics = compute_metrics(outputs_frame(dataset, self.cfg, self.labels, utt_ids, outputs), self.info)
+                stats = {k: float(v) for k, v in metrics.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                stats["loss"] = loss
+        stats = D.broadcast_object(stats, self.dist)
+        if "_error" in stats:  # raised on every rank, so none waits for the others
+            raise TrainError(stats["_error"])
+        return stats
 
     def _select(self, stats: dict[str, Any], epoch: int) -> bool:
         if self.metric not in stats:
@@ -283,20 +310,23 @@ class Trainer(Runner):
         path = self.checkpoint_dir / "last.pt"
         if not path.is_file():
             return
-        state = ckpt.load(path)
-        self.module.load_state_dict(state["model"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state.get("ema"):
-            self.ema.load_state_dict(state["ema"], self.device)
+        state = ckpt.load(path, required=CHECKPOINT_KEYS)
+        try:
+            self.module.load_state_dict(state["model"], strict=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None and state.get("ema"):
+                self.ema.load_state_dict(state["ema"], self.device)
+        except (RuntimeError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise ckpt.unusable(path, f"its state does not fit this model ({type(e).__name__}: {e})") from None
         self.epoch = state["epoch"]
         self.best_score, self.best_epoch, self.bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
         self.log = list(state["log"])
         rng = self.checkpoint_dir / f"rng_rank{self.dist.rank}.pt"
         if rng.is_file():
-            ckpt.set_rng_state(ckpt.load(rng))
+            ckpt.restore_rng(rng)
         logger.info("resumed %s after epoch %d (best %s %.4f at epoch %d)", self.checkpoint_dir, self.epoch,
                     self.metric, self.best_score if self.best_score is not None else float("nan"), self.best_epoch)
 
@@ -304,4 +334,8 @@ class Trainer(Runner):
         """Put the selected epoch's weights into the model."""
         best = self.checkpoint_dir / "best.pt"
         if best.is_file():
-            self.module.load_state_dict(ckpt.load(best), strict=False)
+            state = ckpt.load(best)
+            try:
+                self.module.load_state_dict(state, strict=False)
+            except (RuntimeError, TypeError, AttributeError) as e:
+                raise ckpt.unusable(best, f"its weights do not fit this model ({type(e).__name__}: {e})") from None
