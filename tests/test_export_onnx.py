@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
@@ -17,10 +18,8 @@ from fusion_ser.config import load_config
 from fusion_ser.export import ExportError, export_onnx, output_paths, pad_waveforms
 from fusion_ser.models.io import load_model
 from fusion_ser.rundir import RunDir
+from tests.tiny_models import save_tiny_bert
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxscript")
-ort = pytest.importorskip("onnxruntime")
 
 SR = 16000
 TOL = 1e-4
@@ -51,17 +50,7 @@ def tiny_wavlm(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from fusion_ser.encoders.text import default_text_model
-
-    tok = AutoTokenizer.from_pretrained(default_text_model())
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny_bert")
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 def train(corpus: Path, out: Path, overrides: list[str]) -> Path:

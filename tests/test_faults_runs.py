@@ -29,6 +29,7 @@ from fusion_ser.errors import FusionSerError
 from fusion_ser.rundir import RunDir, RunInfo
 from fusion_ser.training.trainer import Trainer
 from tests.test_trainer import make_corpus
+from tests.tiny_models import save_tiny_bert
 
 FBANK = {"audio_encoder": {"type": "fbank", "finetune": "full", "hidden_dim": 16, "n_mels": 40},
          "pooling": {"type": "mean"}, "head": {"hidden_dim": 16, "dropout": 0.1},
@@ -107,16 +108,7 @@ def _train(cfg_path: Path, manifest: Path, out: Path, trainer_cls: type[Trainer]
 
 
 def _tiny_bert(directory: Path) -> str:
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from fusion_ser.encoders.text import default_text_model
-
-    tok = AutoTokenizer.from_pretrained(default_text_model())
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=32)).save_pretrained(directory)
-    tok.save_pretrained(directory)
-    return str(directory)
+    return save_tiny_bert(directory, hidden=16, layers=1, max_positions=32)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from fusion_ser.cli.main import main
 from fusion_ser.config import load_config
 from fusion_ser.rundir import RunDir, prob_columns
 from fusion_ser.segment import SegmentConfig, SegmentError, energy_segments, split, window_segments
+from tests.tiny_models import save_tiny_bert
 
 SR = 16000
 
@@ -40,18 +41,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_text_model(tmp_path_factory) -> str:
     """A random BERT (hidden 32, 2 layers) with the packaged MiniLM tokenizer, saved with save_pretrained."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from fusion_ser.encoders.text import default_text_model
-
-    tok = AutoTokenizer.from_pretrained(default_text_model())
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny_bert")
-    BertModel(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 def _train(corpus, out, overrides):

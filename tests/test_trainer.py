@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from fusion_ser.config import load_config
 from fusion_ser.rundir import RunDir
+from tests.tiny_models import save_tiny_bert
 
 SR = 16000
 CLASSES = {"anger": 250.0, "happiness": 800.0, "sadness": 2200.0}
@@ -257,17 +258,7 @@ def test_corrupt_clip_is_skipped_with_a_count(corpus, ssl_models, tmp_path) -> N
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     """A random BERT (hidden 32, 2 layers) with the packaged MiniLM tokenizer, saved with save_pretrained."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from fusion_ser.encoders.text import default_text_model
-
-    tok = AutoTokenizer.from_pretrained(default_text_model())
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny_bert")
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), max_positions=64)
 
 
 def test_text_modality_trains_with_lora_and_reloads(corpus, tiny_bert, tmp_path) -> None:

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from tests.tiny_models import save_tiny_bert
+
 EXPECTED = Path(__file__).parent / "expected"
 SPLITS = ("dev", "test")
 RUNS = ("audio", "audio_attr", "text", "late", "ens")
@@ -21,18 +23,7 @@ RUNS = ("audio", "audio_attr", "text", "late", "ens")
 
 def _tiny_bert(out: Path) -> str:
     """A random 2-layer BERT (hidden 32) with the packaged MiniLM tokenizer, saved with save_pretrained."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from fusion_ser.packaged import packaged_model_path
-
-    tok = AutoTokenizer.from_pretrained(packaged_model_path("minilm"))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
-    torch.manual_seed(0)
-    BertModel(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return save_tiny_bert(out)
 
 
 def _cli(args: list[str]) -> None:
