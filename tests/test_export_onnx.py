@@ -20,7 +20,6 @@ from fusion_ser.models.io import load_model
 from fusion_ser.rundir import RunDir
 from tests.tiny_models import save_tiny_bert
 
-
 SR = 16000
 TOL = 1e-4
 
