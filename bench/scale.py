@@ -21,6 +21,11 @@ included). Timed steps:
   compare         fusion-ser compare a b c late ens --baseline a -o table.md --n-boot 1000
   export          fusion-ser export-submission late --split test -o sub.csv
 
+The feature cache is filled with FeatureCache.ensure through a frozen fbank encoder when its cache_id() is not None;
+it is None (the fbank encoder always trains), so a tiny frozen Encoder defined here (4 statistics per 100 ms) is
+used. The transcript cache is filled with TranscriptCache.put, its SQLite connection set to synchronous=OFF for the
+untimed fill only (a separate process, reopened with defaults, does the timed look-ups).
+
 The table gives seconds and peak RSS (MB) per step and size, and the growth exponents: the least-squares slope of
 log(wall seconds), of log(CPU seconds) and of log(peak RSS - bare-import baseline) against log(size). A step is
 flagged when its time exponent is > 1.1 (marked `wall?` instead when only the wall time grows that fast and its
