@@ -9,11 +9,20 @@ file, as `open(path, "w")` would.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from fusion_ser.errors import FusionSerError
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(FusionSerError):
+    """A write that ran out of disk space or quota; the file it was replacing is intact."""
 
 
 def current_umask() -> int:
@@ -39,15 +48,32 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix)
+    except OSError as e:
+        raise _disk_full(dest, e) if e.errno in NO_SPACE else e
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, new_file_mode(dest))
         os.replace(tmp, dest)
+    except OSError as e:
+        if e.errno in NO_SPACE or isinstance(e.__cause__, OSError) and e.__cause__.errno in NO_SPACE:
+            raise _disk_full(dest, e) from None
+        raise
+    except RuntimeError as e:  # torch.save wraps the write's OSError in a RuntimeError
+        if "No space left" in str(e) or "Disk quota" in str(e):
+            raise _disk_full(dest, e) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _disk_full(dest: Path, e: Exception) -> DiskFullError:
+    return DiskFullError(f"no space left on the device while writing '{dest}' ({e}); '{dest}' was left as it was. "
+                         "Free space on that disk (or write there less: another output or cache folder) and run the "
+                         "command again; an interrupted training resumes from its last checkpoint")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

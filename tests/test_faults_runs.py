@@ -399,6 +399,32 @@ def test_resume_still_works_after_a_clean_interruption(env: Env, tmp_path: Path)
     assert "resuming" in result.output and RunDir(run).read_info().complete
 
 
+def test_a_full_disk_stops_training_with_a_clear_error_and_the_run_resumes(env: Env, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    """ENOSPC while writing a checkpoint: exit 1 naming the file, nothing corrupted, and the run resumes later."""
+    import errno
+
+    run = Path(shutil.copytree(env.interrupted, tmp_path / "run"))
+    last = (run / "checkpoints" / "last.pt").read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    args = ["train", "-c", str(env.config), "--manifest", str(env.manifest), "-o", str(run)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    flat = " ".join(result.output.split())
+    assert "no space left on the device while writing" in flat and "checkpoints" in flat and "resumes" in flat
+    assert (run / "checkpoints" / "last.pt").read_bytes() == last and not RunDir(run).is_complete()
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp file left
+    monkeypatch.setattr(torch, "save", real_save)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert RunDir(run).read_info().complete
+
+
 def test_checkpoints_load_weights_only_and_restore_rng_exactly(tmp_path: Path) -> None:
     import random
 

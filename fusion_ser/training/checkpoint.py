@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fusion_ser.errors import FusionSerError
+from fusion_ser.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +58,10 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    """torch.save through a temporary file and a rename (files.atomic_path: a full disk is a DiskFullError and the
+    previous checkpoint stays intact)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def unusable(path: Path, reason: str) -> CheckpointError:
