@@ -63,15 +63,16 @@ def _config_diff(a: dict, b: dict, prefix: tuple = ()) -> list[str]:
     return out
 
 
-def _manifest_changes(run: RunDir, values: dict, provenance: dict, manifest: str) -> list[str]:
+def _manifest_changes(run: RunDir, provenance: dict, manifest: str) -> list[str]:
     """How the manifest of a resume differs from the one the run started on (its path, or its content)."""
-    saved_path = provenance.get("manifest") or (values.get("data") or {}).get("manifest")
+    saved_path = run.manifest()
     if saved_path and str(Path(saved_path)) != manifest:
         return [f"the manifest is '{manifest}' now but the run was started on '{saved_path}'"]
     saved_hash = provenance.get("manifest_sha256")
-    if saved_hash and Path(manifest).is_file() and file_hash(manifest) != saved_hash:
-        return [f"the manifest '{manifest}' was edited since the run started (sha256 {file_hash(manifest)[:12]}... "
-                f"now, {str(saved_hash)[:12]}... in {run.config_path.name})"]
+    now = file_hash(manifest) if saved_hash and Path(manifest).is_file() else saved_hash
+    if now != saved_hash:
+        return [f"the manifest '{manifest}' was edited since the run started (sha256 {now[:12]}... now, "
+                f"{str(saved_hash)[:12]}... in {run.config_path.name})"]
     return []
 
 
@@ -85,7 +86,7 @@ def _resumable(run: RunDir, cfg: Config) -> bool:
                        "so it is trained again from scratch", run.path, run.checkpoint_dir / "last.pt")
         return False
     values, provenance = read_run_config(run.config_path)
-    changed = _manifest_changes(run, values, provenance, str(cfg.data.manifest))
+    changed = _manifest_changes(run, provenance, str(cfg.data.manifest))
     if changed:
         raise TrainError(f"run '{run.path}' cannot be resumed on other data: {changed[0]}. Resume with the original "
                          "manifest, or train into a new output folder")
