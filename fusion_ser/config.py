@@ -131,6 +131,8 @@ class TrainConfig:
     selection_metric: str = "auto"  # auto: macro_f1 (categorical) / ccc_mean (attributes)
     cache_features: bool = True  # cache frames of frozen encoders on disk
     cache_dir: Optional[str] = None  # None: ~/.cache/fusion-ser/features
+    # fraction of the machine's RAM that cached frames may hold in memory (shared by a node's ranks); 0: read from disk
+    feature_memory: float = ranged(0.25, "[0, 1]")
     num_workers: int = ranged(0, "[0, inf)")
     log_every: int = ranged(10, "[1, inf)")
     report: bool = True  # write report.md + figures (fusion_ser.evaluation) when training ends

@@ -394,7 +394,8 @@ def test_speed_perturbed_cache_copies_for_train_only_and_reused(corpus, ssl_mode
     monkeypatch.setattr(FeatureCache, "_compute", spy_compute)
     cache = tmp_path / "cache"
     cfg = tiny_cfg(ssl_models["wavlm"], "audio_encoder.finetune=frozen", "train.cache_features=true",
-                   "data.speed_perturb=[0.9, 1.0, 1.1]", "train.epochs=3", cache_dir=cache)
+                   "data.speed_perturb=[0.9, 1.0, 1.1]", "train.epochs=3",
+                   "train.feature_memory=0", cache_dir=cache)  # every read goes to the cache, none to memory
     run = train_run(cfg, corpus, tmp_path / "sp")
     df = pd.read_csv(corpus)
     train_ids = set(df.loc[df["split"] == "train", "utt_id"])

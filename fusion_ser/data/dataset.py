@@ -24,6 +24,7 @@ from fusion_ser.data.audio import AudioError, audio_duration, load_audio
 from fusion_ser.data.augment import speed_perturb
 from fusion_ser.data.schema import SOFT_PREFIX
 from fusion_ser.data.feature_cache import FeatureCache
+from fusion_ser.data.frame_store import FrameMemory, PooledStore
 from fusion_ser.encoders.base import Encoder, pad_frames
 
 logger = logging.getLogger(__name__)
@@ -80,11 +81,23 @@ def soft_label_matrix(df: pd.DataFrame, labels: list[str]) -> Optional[np.ndarra
 
 @dataclass
 class CachedInput:
-    """A frozen encoder whose outputs the dataset reads from a FeatureCache instead of running the backbone."""
+    """A frozen encoder whose outputs the dataset reads from a FeatureCache instead of running the backbone.
+
+    With `memory`, frames read once stay in RAM (within its budget); with `pooled` (audio whose pooling has no
+    parameters and nothing per-frame to learn), items carry the pooled vector ("pooled_audio") instead of frames.
+    """
 
     modality: str  # audio | text
     encoder: Encoder
     cache: FeatureCache
+    memory: Optional[FrameMemory] = None
+    pooled: Optional[PooledStore] = None
+
+    def frames(self, item: dict[str, Any]) -> torch.Tensor:
+        """The cached frames of one item, from memory when held there."""
+        if self.memory is not None:
+            return self.memory.get(self.cache, self.encoder, item)
+        return self.cache.get(self.encoder, item)
 
 
 class EmotionDataset(Dataset):
@@ -165,9 +178,15 @@ class EmotionDataset(Dataset):
             key = {"utt_id": row["utt_id"], "path": row["path"]}
             if speed != 1.0:
                 key["speed"] = speed
-            feats = cached.cache.get(cached.encoder, key)
-            t = feats.shape[-2]
             dur = float(self.durations[idx]) / speed if self.durations is not None else 0.0
+            if cached.pooled is not None:  # the whole clip's vector, or the vector of the crop's frames
+                vector, t = cached.pooled.get(key)
+                start, stop = self._crop(t, max(1, int(math.ceil(t * seconds / dur))) if dur > 0 else t, idx)
+                if (start, stop) == (0, t):
+                    return {"pooled_audio": vector}
+                return {"pooled_audio": cached.pooled.pool(cached.frames(key)[..., start:stop, :])}
+            feats = cached.frames(key)
+            t = feats.shape[-2]
             max_t = max(1, int(math.ceil(t * seconds / dur))) if dur > 0 else t
             start, stop = self._crop(t, max_t, idx)
             return {"cached_audio": feats[..., start:stop, :]}
@@ -191,7 +210,7 @@ class EmotionDataset(Dataset):
                 return None
         cached_text = self.cached.get("text")
         if self.needs_text and cached_text is not None:
-            item["cached_text"] = cached_text.cache.get(cached_text.encoder, {"utt_id": item["utt_id"], "text": item["text"]})
+            item["cached_text"] = cached_text.frames({"utt_id": item["utt_id"], "text": item["text"]})
         item["label"] = int(self.label_idx[idx])
         if self.soft is not None:
             item["soft_label"] = self.soft[idx]
@@ -219,6 +238,8 @@ def collate(items: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
         if key in kept[0]:
             padded = pad_frames([it[key] for it in kept], dtype=torch.float32)
             batch[key], batch[f"{key}_mask"] = padded.features, padded.mask
+    if "pooled_audio" in kept[0]:
+        batch["pooled_audio"] = torch.stack([it["pooled_audio"] for it in kept])
     batch["label"] = torch.tensor([it["label"] for it in kept], dtype=torch.long)
     if "soft_label" in kept[0]:
         batch["soft_label"] = torch.from_numpy(np.stack([it["soft_label"] for it in kept]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from typing import Any, Iterable, Optional
 
@@ -9,6 +11,7 @@ import torch
 from torch import nn
 
 from fusion_ser.config import Config, ConfigError
+from fusion_ser.data.frame_store import Pooler
 from fusion_ser.encoders.base import Encoder
 from fusion_ser.encoders.build import build_encoder
 from fusion_ser.encoders.pooling import build_pooling
@@ -103,11 +106,34 @@ class UnimodalModel(nn.Module):
         self.train(was_training)
         logger.info("frame statistics from %d frames", int(count))
 
+    def frame_pooler(self) -> Optional[Pooler]:
+        """The map from one clip's cached frames to the pooled vector, when nothing on the way trains or needs
+        statistics (frozen audio encoder without trainable weights, parameter-free pooling, no frame
+        standardisation): the dataset may then serve the vector itself ("pooled_audio"); otherwise None."""
+        enc = self.encoder
+        if (enc.modality != "audio" or self.frame_norm is not None or enc.cache_id() is None
+                or any(True for _ in self.pooling.parameters()) or any(p.requires_grad for p in enc.parameters())):
+            return None
+        options = getattr(enc, "config", None)
+        options = json.dumps(dataclasses.asdict(options), sort_keys=True, default=str) if options is not None else ""
+        pooling = self.pooling
+
+        def pool(frames: torch.Tensor) -> torch.Tensor:
+            x = frames.float().unsqueeze(0)
+            out = enc({"cached_audio": x, "cached_audio_mask": torch.ones(1, x.shape[-2], dtype=torch.bool)})
+            return pooling(out.features, out.mask)[0]
+
+        return Pooler(f"{enc.cache_id()}|{options}|{type(pooling).__name__}", pool)
+
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
-        """Encode, pool, predict; the loss is added when the batch carries targets."""
-        enc = self.encoder(batch)
-        features = self.frame_norm(enc.features) if self.frame_norm is not None else enc.features
-        pooled = self.pooling(features, enc.mask)
+        """Encode, pool, predict (or start from the pooled vectors the dataset served); the loss is added when the
+        batch carries targets."""
+        if "pooled_audio" in batch and self.encoder.modality == "audio":
+            pooled = batch["pooled_audio"].float()
+        else:
+            enc = self.encoder(batch)
+            features = self.frame_norm(enc.features) if self.frame_norm is not None else enc.features
+            pooled = self.pooling(features, enc.mask)
         if self.pooled_norm is not None:
             pooled = self.pooled_norm(pooled)
         return ModelOutput.from_head(self.task, self.head(pooled), pooled, self.criterion, batch)

@@ -22,6 +22,7 @@ from torch import nn
 from fusion_ser.config import Config, upgrade_legacy_keys
 from fusion_ser.data.dataset import CachedInput, EmotionDataset
 from fusion_ser.data.feature_cache import FeatureCache
+from fusion_ser.data.frame_store import FrameMemory, PooledStore, memory_budget
 from fusion_ser.data.folds import FoldError
 from fusion_ser.data.manifest import read_manifest
 from fusion_ser.data.selection import NOT_ENCODED, UNREADABLE_AUDIO, RunData, load_run_data, refit_rows
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 # Options that change how a run executes but not what it computes: they may differ when resuming.
 RUNTIME_KEYS = {("train", "device"), ("train", "num_workers"), ("train", "cache_dir"), ("train", "log_every"),
-                ("train", "report"), ("data", "manifest")}
+                ("train", "report"), ("data", "manifest"), ("train", "feature_memory")}
 
 
 def _emit(progress: Optional[Callback], dist: D.DistInfo, event: Any) -> None:
@@ -99,15 +100,19 @@ def _resumable(run: RunDir, cfg: Config) -> bool:
 
 
 def feature_caches(model: nn.Module, cfg: Config) -> list[CachedInput]:
-    """A FeatureCache for each frozen, cacheable encoder of the model when train.cache_features is on."""
+    """A FeatureCache for each frozen, cacheable encoder of the model when train.cache_features is on; frames read
+    stay in memory within train.feature_memory, and a model that pools without parameters reads pooled vectors."""
     if not cfg.train.cache_features:
         return []
     out = []
+    pooler = getattr(model, "frame_pooler", lambda: None)()
+    memory = FrameMemory(memory_budget(cfg.train.feature_memory))
     for enc in model_encoders(model).values():
         if enc.is_frozen and enc.cache_id() is not None:
             cache = FeatureCache(cfg.train.cache_dir, sample_rate=cfg.data.sample_rate, min_seconds=cfg.data.min_seconds,
                                  max_seconds=cfg.data.max_eval_seconds)
-            out.append(CachedInput(enc.modality, enc, cache))
+            pooled = PooledStore(cache, enc, pooler) if pooler is not None and enc.modality == "audio" else None
+            out.append(CachedInput(enc.modality, enc, cache, memory=memory, pooled=pooled))
     return out
 
 
