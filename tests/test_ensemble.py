@@ -159,3 +159,54 @@ def test_cli_ensemble_prints_summary(three_runs, tmp_path):
     assert "nothing was fitted on dev" in res.output
     missing = CliRunner().invoke(main, ["ensemble", str(runs[0]), str(tmp_path), "-o", str(tmp_path / "f")])
     assert missing.exit_code == 1 and "not a run directory" in missing.output and "Traceback" not in missing.output
+
+
+def _sk_mlp(kind, x, y, seed, hidden=16, alpha=0.5):
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    cls = MLPClassifier if kind == "cat" else MLPRegressor
+    return cls(hidden_layer_sizes=(hidden,), alpha=alpha, solver="lbfgs", max_iter=1000, random_state=seed).fit(x, y)
+
+
+def test_mlp_is_out_of_fold_on_dev_and_reloads(three_runs):
+    root, runs, data = three_runs
+    res = ensemble_runs(runs, root / "mlp", method="mlp", folds=4, alpha=0.5, hidden=16, seed=3)
+    y = data["dev"]["y"]
+    x = np.hstack([np.log(np.clip(p, 1e-6, 1.0)) for p in data["dev"]["p"]])  # member log-posteriors side by side
+    oof = np.zeros((len(y), 4))
+    for tr, te in StratifiedKFold(4, shuffle=True, random_state=3).split(x, y):
+        oof[te] = _sk_mlp("cat", x[tr], y[tr], 3).predict_proba(x[te])
+    dev = RunDir(res.path).read_predictions("dev")
+    np.testing.assert_allclose(dev[COLS].to_numpy(), oof, atol=1e-6)
+    xt = np.hstack([np.log(np.clip(p, 1e-6, 1.0)) for p in data["test"]["p"]])
+    expect = _sk_mlp("cat", x, y, 3).predict_proba(xt)
+    np.testing.assert_allclose(RunDir(res.path).read_predictions("test")[COLS].to_numpy(), expect, atol=1e-6)
+    reloaded = load_combiner(res.path).combine([RunDir(r).read_predictions("test") for r in runs])
+    np.testing.assert_allclose(reloaded[COLS].to_numpy(), expect, atol=1e-6)
+    assert res.n_folds == 4
+
+
+def test_mlp_gives_absent_classes_no_mass():
+    from fusion_ser.fusion.ensemble import fit_mlp
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 120)  # classes 2 and 3 never occur in the fitted rows
+    x = np.stack([np.eye(4)[y] * 2 + rng.normal(0, 1, (120, 4)) for _ in range(2)])
+    p = np.exp(x) / np.exp(x).sum(2, keepdims=True)
+    comb = fit_mlp(p, y, task="categorical", labels=LABELS, attributes=[], hidden=8, alpha=0.1, seed=0)
+    out = comb.apply(p)
+    assert out.probs[:, 2:].max() < 1e-9
+    sk = _sk_mlp("cat", np.hstack([np.log(np.clip(q, 1e-6, 1)) for q in p]), y, 0, hidden=8, alpha=0.1)
+    np.testing.assert_allclose(out.probs[:, :2], sk.predict_proba(np.hstack([np.log(np.clip(q, 1e-6, 1)) for q in p])),
+                               atol=1e-6)
+
+
+def test_attribute_mlp_is_out_of_fold(attribute_runs):
+    root, runs, truth, preds = attribute_runs
+    res = ensemble_runs(runs, root / "mlp", method="mlp", alpha=0.5, hidden=16, folds=3, seed=0)
+    got = RunDir(res.path).read_predictions("dev")[[f"{a}_pred" for a in ATTRS]].to_numpy()
+    x, t = np.hstack(preds["dev"]), truth["dev"]
+    oof = np.zeros_like(t)
+    for tr, te in KFold(3, shuffle=True, random_state=0).split(x):
+        oof[te] = _sk_mlp("att", x[tr], t[tr], 0).predict(x[te])
+    np.testing.assert_allclose(got, oof, atol=1e-6)

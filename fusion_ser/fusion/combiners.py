@@ -1,6 +1,6 @@
 """Combiners: fitted numbers and a numpy forward pass that turn M member runs' predictions into one.
 
-A combiner (mean, vote, logistic regression, interpolation, ridge) is plain numbers in `model/combiner.json`
+A combiner (mean, vote, logistic regression, interpolation, ridge, MLP) is plain numbers in `model/combiner.json`
 applied with numpy, so a fused or ensembled run reloads without pickles and combines whatever prediction frames
 its members produce: their dev/test predictions, or predictions on new audio made by `fusion_ser.predict`.
 Fitting them lives in `fusion.late` / `fusion.ensemble`, writing the run that holds them in `fusion.runs`.
@@ -22,7 +22,7 @@ from fusion_ser.rundir import prediction_frame
 
 __all__ = [
     "COMBINER_FILE", "LOG_EPS", "CombinedOutput", "Combiner", "FusionError", "LogisticCombiner", "MajorityVote",
-    "MeanProbs", "RidgeAttributes", "WeightedAttributes", "combiner_from_spec", "output_frame", "softmax",
+    "MeanProbs", "MLPCombiner", "RidgeAttributes", "WeightedAttributes", "combiner_from_spec", "output_frame", "softmax",
     "stack_features",
 ]
 
@@ -212,6 +212,36 @@ class RidgeAttributes(Combiner):
         return CombinedOutput(values=np.einsum("am,mna->na", self.coef, x) + self.intercept)
 
 
+class MLPCombiner(Combiner):
+    """A one-hidden-layer ReLU MLP on the members' stacked log-posteriors (softmax over classes) or on their
+    attribute predictions (linear outputs): MEDUSA's meta-classifier, applied with numpy."""
+
+    method = "mlp"
+
+    def __init__(self, task: str, labels: list[str], attributes: list[str], n_members: int,
+                 layers: list[tuple[np.ndarray, np.ndarray]]):
+        super().__init__(task, labels, attributes, n_members)
+        self.layers = [(np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64)) for w, b in layers]
+
+    def params(self) -> dict:
+        return {"layers": [{"weight": w.tolist(), "bias": b.tolist()} for w, b in self.layers]}
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """(M, N, K|A) member outputs -> (N, M*K|M*A) network input."""
+        return stack_features(x, "log" if self.task == "categorical" else "prob")
+
+    def apply(self, x: np.ndarray) -> CombinedOutput:
+        h = self.features(x)
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b  # w: (in, out), as sklearn's coefs_
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0.0)
+        if self.task == "categorical":
+            probs = softmax(h)
+            return CombinedOutput(probs=probs, pred=probs.argmax(axis=1))
+        return CombinedOutput(values=h)
+
+
 def stack_features(x: np.ndarray, features: str) -> np.ndarray:
     """(M, N, K) member posteriors -> (N, M*K) regression features: log-posteriors ('log') or posteriors ('prob')."""
     m, n, k = x.shape
@@ -234,6 +264,9 @@ def combiner_from_spec(spec: dict) -> Combiner:
             return WeightedAttributes(attributes, m, np.asarray(p["weights"]))
         if method == "ridge":
             return RidgeAttributes(attributes, m, np.asarray(p["coef"]), np.asarray(p["intercept"]))
+        if method == "mlp":
+            layers = [(np.asarray(layer["weight"]), np.asarray(layer["bias"])) for layer in p["layers"]]
+            return MLPCombiner(spec["task"], labels, attributes, m, layers)
     except (KeyError, TypeError, ValueError) as e:
         raise FusionError(f"combiner spec is malformed ({type(e).__name__}: {e}); re-run fuse/ensemble to rewrite it") from None
     raise FusionError(f"combiner method '{method}' is unknown; re-run fuse/ensemble to rewrite the run")

@@ -1,23 +1,58 @@
-"""Ensembles of runs of any kind (`fusion-ser ensemble`): mean of posteriors, majority vote, stacking.
+"""Ensembles of runs of any kind (`fusion-ser ensemble`): mean of posteriors, majority vote, stacking, MLP.
 
 Majority vote breaks ties by the mean posterior (Sheffield-MINI, Interspeech 2025). Stacking fits logistic
-regression on the members' dev posteriors (ridge for attributes) with the same no-leak rule as `fuse`: dev
-figures are out-of-fold, test comes from the stacker fitted on all of dev.
+regression on the members' dev posteriors (ridge for attributes); `mlp` fits a small MLP meta-classifier on their
+log-posteriors (MEDUSA, Interspeech 2025; a regressor for attributes). Both follow the no-leak rule of `fuse`: dev
+figures are out-of-fold, test comes from the combiner fitted on all of dev.
 """
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Optional, Union
 
-from fusion_ser.fusion.combiners import Combiner, MajorityVote, MeanProbs, WeightedAttributes
+import numpy as np
+
+from fusion_ser.fusion.combiners import Combiner, MajorityVote, MeanProbs, MLPCombiner, WeightedAttributes
 from fusion_ser.fusion.members import FusionError, open_members
 from fusion_ser.fusion.runs import CombinedRun, Fitter, build_combined_run
 from fusion_ser.fusion.late import fit_logistic, fit_ridge
 
-CATEGORICAL_METHODS = ["mean", "vote", "stacking"]
-ATTRIBUTE_METHODS = ["mean", "stacking"]
+CATEGORICAL_METHODS = ["mean", "vote", "stacking", "mlp"]
+ATTRIBUTE_METHODS = ["mean", "stacking", "mlp"]
+ABSENT_LOGIT = -30.0  # output bias of a class absent from the fitted rows: (almost) zero posterior
+
+
+def fit_mlp(x: np.ndarray, y: np.ndarray, *, task: str, labels: list[str], attributes: list[str],
+            hidden: int = 64, alpha: float = 1.0, seed: int = 0) -> MLPCombiner:
+    """An MLP (one ReLU layer of `hidden` units, L2 `alpha`, L-BFGS: deterministic for a seed) from member outputs
+    x (M, N, K|A) to classes y (N,; -1 rows ignored) or attribute values y (N, A; rows with a NaN ignored)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    m = x.shape[0]
+    empty = MLPCombiner(task, labels, attributes, m, [])
+    rows = np.flatnonzero(y >= 0) if task == "categorical" else np.flatnonzero(np.isfinite(y).all(axis=1))
+    feats = empty.features(x[:, rows])
+    kwargs = dict(hidden_layer_sizes=(hidden,), alpha=alpha, solver="lbfgs", max_iter=1000, random_state=seed)
+    with warnings.catch_warnings():  # L-BFGS stopping at max_iter is the regularised fit we ask for, not a fault
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        net = (MLPRegressor if task != "categorical" else MLPClassifier)(**kwargs)
+        if task == "categorical" and len(np.unique(y[rows])) < 2:
+            raise FusionError(f"dev holds {len(np.unique(y[rows]))} class(es) with labels among {labels}; the MLP "
+                              "needs at least two")
+        net.fit(feats, y[rows])
+    if task != "categorical":
+        return MLPCombiner(task, labels, attributes, m, list(zip(net.coefs_, net.intercepts_)))
+    k, classes = len(labels), net.classes_.astype(int)
+    w_out, b_out = np.zeros((hidden, k)), np.full(k, ABSENT_LOGIT)
+    if len(classes) == 2:  # sklearn's binary output is one logistic unit: the logit of classes[1] against classes[0]
+        w_out[:, classes[1]], b_out[classes[1]], b_out[classes[0]] = net.coefs_[1][:, 0], net.intercepts_[1][0], 0.0
+    else:
+        w_out[:, classes], b_out[classes] = net.coefs_[1], net.intercepts_[1]
+    return MLPCombiner(task, labels, attributes, m, [(net.coefs_[0], net.intercepts_[0]), (w_out, b_out)])
 
 
 def ensemble_runs(
@@ -28,6 +63,7 @@ def ensemble_runs(
     folds: int = 5,
     C: float = 1.0,
     alpha: float = 1.0,
+    hidden: int = 64,
     seed: int = 0,
     force: bool = False,
 ) -> CombinedRun:
@@ -39,7 +75,10 @@ def ensemble_runs(
     labels, attributes, m = list(info.labels), list(info.attributes), len(runs)
     fitter: Optional[Fitter] = None
     fixed: Optional[Combiner] = None
-    if method == "stacking" and info.task == "categorical":
+    if method == "mlp":
+        fitter = partial(fit_mlp, task=info.task, labels=labels, attributes=attributes, hidden=hidden, alpha=alpha,
+                         seed=seed)
+    elif method == "stacking" and info.task == "categorical":
         fitter = partial(fit_logistic, labels=labels, features="prob", C=C, seed=seed)
     elif method == "stacking":
         fitter = partial(fit_ridge, attributes=attributes, alpha=alpha)
@@ -49,7 +88,7 @@ def ensemble_runs(
         fixed = MeanProbs(labels, m)
     else:
         fixed = WeightedAttributes(attributes, m)
-    options = {"folds": folds, "C": C, "alpha": alpha, "seed": seed}
+    options = {"folds": folds, "C": C, "alpha": alpha, "seed": seed, **({"hidden": hidden} if method == "mlp" else {})}
     return build_combined_run(
         runs, out_dir, kind="ensemble", method=method, fitter=fitter, fixed=fixed, n_folds=folds, seed=seed,
         options=options, force=force
