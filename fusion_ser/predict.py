@@ -57,6 +57,7 @@ class Unit:
     start: float
     end: float
     text: str = ""
+    context: tuple[str, ...] = ()  # earlier turns of the input's conversation, oldest first
 
 
 class Predictor(ABC):
@@ -104,6 +105,7 @@ class Predictor(ABC):
         segment: Optional[SegmentConfig] = None,
         on_error: str = "raise",
         progress: Optional[Callable[[int], Any]] = None,
+        context: Optional[Sequence[Sequence[str]]] = None,
     ) -> list[dict]:
         """One result dict per input: label, probabilities / attribute values, transcript, duration, timing.
 
@@ -113,8 +115,12 @@ class Predictor(ABC):
         `auto_segmented` and a `note`); segments longer than `max_seconds` are split too.
         on_error="skip" turns an unusable input into {"input": ..., "error": message} instead of raising.
         `progress(n)` is called as inputs finish, with the number of inputs finished since the last call.
+        `context`: one list per input of the turns said before it in its conversation (oldest first, "Name: text"
+        where the speaker is known), read by models trained with text_encoder.context_turns > 0 (each keeps its
+        last N) and ignored by the others.
         """
-        return self._stream(inputs, batch_size, segment, on_error, progress, self._predict_batch, self._assemble)
+        return self._stream(inputs, batch_size, segment, on_error, progress, self._predict_batch, self._assemble,
+                            context)
 
     def embed(
         self,
@@ -124,6 +130,7 @@ class Predictor(ABC):
         segment: Optional[SegmentConfig] = None,
         on_error: str = "raise",
         progress: Optional[Callable[[int], Any]] = None,
+        context: Optional[Sequence[Sequence[str]]] = None,
     ) -> list[dict]:
         """One result dict per input with `embeddings`: {model name: pooled embedding (D,) float32} of the run's
         model, or of every trained member of a fused / ensembled run (names: member run folders, nested with '/').
@@ -132,7 +139,7 @@ class Predictor(ABC):
         segments, each segment carries its own `embeddings` and the whole-file ones are their duration-weighted mean.
         """
         return self._stream(inputs, batch_size, segment, on_error, progress, self.embed_units,
-                            self._assemble_embeddings)
+                            self._assemble_embeddings, context)
 
     def _predict_batch(self, chunk: list[Unit], timings: Timings) -> dict[str, Any]:
         frame = self.predict_units(chunk, timings)
@@ -143,11 +150,15 @@ class Predictor(ABC):
         """uid -> {model name: pooled embedding} for one batch of units (units a model cannot use are absent)."""
 
     def _stream(self, inputs: Sequence[AudioInput], batch_size: int, segment: Optional[SegmentConfig], on_error: str,
-                progress: Optional[Callable[[int], Any]], handle: Callable, assemble: Callable) -> list[dict]:
+                progress: Optional[Callable[[int], Any]], handle: Callable, assemble: Callable,
+                context: Optional[Sequence[Sequence[str]]] = None) -> list[dict]:
         """Load, segment and batch the inputs; `handle(batch, timings)` gives each unit's output, `assemble` turns
         one input's unit outputs into its result. Memory stays bounded: audio leaves with its batch."""
         if on_error not in ("raise", "skip"):
             raise PredictError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if context is not None and len(context) != len(inputs):
+            raise PredictError(f"context: {len(context)} lists of earlier turns for {len(inputs)} inputs; give one "
+                               "list per input (empty where an input has none)", options=("context",))
         if batch_size < 1:
             raise PredictError(f"the batch size must be >= 1, got {batch_size}")
         timings: Timings = defaultdict(float)
@@ -189,6 +200,9 @@ class Predictor(ABC):
             results.append({"input": name, "duration": len(wav) / SAMPLE_RATE})
             t0 = time.perf_counter()
             units, note = self._units(i, wav, segment)
+            if context is not None:
+                for u in units:
+                    u.context = tuple(str(t) for t in context[i] or ())
             timings["segment"] += time.perf_counter() - t0
             if note:
                 log.info("%s: %s", name, note)
@@ -348,7 +362,7 @@ class ModelPredictor(Predictor):
                                                                       num_workers=0))
         frame = predict_arrays(self.model, [u.uid for u in units], cfg, device=self.device,
                                waveforms=[u.wav for u in units] if self.needs_audio else None,
-                               texts=[u.text for u in units])
+                               texts=[u.text for u in units], context=[list(u.context) for u in units])
         timings[self.stage_name] += time.perf_counter() - t0
         return frame
 
@@ -360,7 +374,7 @@ class ModelPredictor(Predictor):
                                                                       num_workers=0))
         vectors = embed_arrays(self.model, [u.uid for u in units], cfg, device=self.device,
                                waveforms=[u.wav for u in units] if self.needs_audio else None,
-                               texts=[u.text for u in units])
+                               texts=[u.text for u in units], context=[list(u.context) for u in units])
         timings[self.stage_name] += time.perf_counter() - t0
         return {uid: {self.run_dir.name: v} for uid, v in vectors.items()}
 

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from fusion_ser.config import Config
 from fusion_ser.data.audio import AudioError, audio_duration, load_audio
 from fusion_ser.data.augment import speed_perturb
+from fusion_ser.data.context import CONTEXT_COLUMN
 from fusion_ser.data.schema import SOFT_PREFIX
 from fusion_ser.data.feature_cache import FeatureCache
 from fusion_ser.data.frame_store import FrameMemory, PooledStore
@@ -123,6 +124,8 @@ class EmotionDataset(Dataset):
         self.epoch = 0
         self.needs_audio = cfg.modality in ("audio", "both")
         self.needs_text = cfg.modality in ("text", "both")
+        # the previous turns of each row (data/context.py), added to the frame before rows were selected
+        self.context = cfg.text_encoder.context_turns > 0 and self.needs_text and CONTEXT_COLUMN in self.df.columns
         self.cached = {c.modality: c for c in (cached or [])}
         if durations is None and self.needs_audio:
             if waveforms is not None:
@@ -208,9 +211,12 @@ class EmotionDataset(Dataset):
             except AudioError as e:
                 logger.warning("skipping '%s': %s", item["utt_id"], e)
                 return None
+        if self.context:
+            item["context"] = str(row[CONTEXT_COLUMN] or "")
         cached_text = self.cached.get("text")
         if self.needs_text and cached_text is not None:
-            item["cached_text"] = cached_text.frames({"utt_id": item["utt_id"], "text": item["text"]})
+            key = {"utt_id": item["utt_id"], "text": item["text"], "context": item.get("context", "")}
+            item["cached_text"] = cached_text.frames(key)
         item["label"] = int(self.label_idx[idx])
         if self.soft is not None:
             item["soft_label"] = self.soft[idx]
@@ -228,6 +234,8 @@ def collate(items: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
     batch["index"] = torch.tensor([it["index"] for it in kept], dtype=torch.long)
     batch["utt_id"] = [it["utt_id"] for it in kept]
     batch["text"] = [it["text"] for it in kept]
+    if "context" in kept[0]:
+        batch["context"] = [it["context"] for it in kept]
     if "wav" in kept[0]:
         lengths = torch.tensor([len(it["wav"]) for it in kept], dtype=torch.long)
         wav = torch.zeros((len(kept), int(lengths.max())), dtype=torch.float32)

@@ -144,6 +144,8 @@ class FeatureCache:
                 material += f"|speed={speed!r}"
         elif "text" in item and item["text"] is not None:
             material = "text|" + str(item["text"])
+            if item.get("context"):  # the previous turns are part of the encoder's input; none keeps the old key
+                material += "|context|" + str(item["context"])
         else:
             raise CacheError(f"utterance '{item.get('utt_id', '?')}' has neither a path nor a text to cache")
         return hashlib.sha256(material.encode()).hexdigest()
@@ -169,7 +171,7 @@ class FeatureCache:
             if self.max_seconds is not None:
                 wav = wav[: int(self.max_seconds * self.sample_rate)]
             return {"wav": wav}
-        return {"text": str(item["text"])}
+        return {"text": str(item["text"]), "context": str(item.get("context") or "")}
 
     def _compute(self, encoder: Encoder, item: dict[str, Any], path: Path) -> np.ndarray:
         with torch.no_grad():

@@ -65,6 +65,33 @@ def _numeric_problems(df: pd.DataFrame, col: str) -> tuple[pd.Series, list[str]]
     return values.astype(float), problems
 
 
+def _conversation_problems(df: pd.DataFrame, where: Callable[[int], str]) -> list[str]:
+    """conversation / turn: a turn must be a number, a row with a conversation needs one, and no two rows of one
+    conversation (within a split) may share it."""
+    if "turn" not in df.columns:
+        return [] if "conversation" not in df.columns else ["column 'conversation' without a 'turn' column; add the "
+                                                             "turn number of each row within its conversation"]
+    problems = []
+    df = df.assign(turn=df["turn"].astype(object))  # an adapter's frame holds Int64 turns, a read CSV strings
+    turn, bad = _numeric_problems(df, "turn")
+    problems += bad
+    conv = df["conversation"].fillna("").astype(str).str.strip() if "conversation" in df.columns else None
+    if conv is None:
+        return problems + ["column 'turn' without a 'conversation' column; add the conversation id of each row"]
+    no_turn = (conv != "") & (df["turn"].fillna("").astype(str).str.strip() == "")
+    for i in np.flatnonzero(no_turn.to_numpy()):
+        problems.append(f"{where(i)}: conversation '{conv.iloc[i]}' without a turn number")
+    split = df["split"].fillna("").astype(str)
+    keyed = pd.DataFrame({"split": split, "conv": conv, "turn": turn})
+    keyed = keyed[(keyed["conv"] != "") & keyed["turn"].notna()]
+    dup = keyed[keyed.duplicated(["split", "conv", "turn"], keep=False)]
+    for (s, c, t), rows in dup.groupby(["split", "conv", "turn"], sort=False).groups.items():
+        lines = ", ".join(str(r + 2) for r in rows)
+        problems.append(f"lines {lines}: turn {t:g} appears more than once in conversation '{c}' (split {s}); "
+                        "turns must be unique within a conversation")
+    return problems
+
+
 def validate_manifest(
     df: pd.DataFrame,
     source: str,
@@ -133,6 +160,7 @@ def validate_manifest(
         for i in np.flatnonzero(off.to_numpy()):
             problems.append(f"{where(i)}: soft label {col} {values.iloc[i]:g} is outside [0, 1]")
 
+    problems += _conversation_problems(df, where)
     if "fold" in df.columns:
         folds = df["fold"].replace("", np.nan)
         parsed = pd.to_numeric(folds, errors="coerce")
@@ -178,6 +206,11 @@ def normalize_manifest(df: pd.DataFrame) -> pd.DataFrame:
     if "fold" in out.columns:
         fold = pd.to_numeric(out["fold"].replace("", np.nan), errors="coerce").astype(float)
         out["fold"] = fold.where(fold % 1 == 0).astype("Int64")
+    if "conversation" in out.columns:
+        out["conversation"] = out["conversation"].fillna("").astype(str).str.strip()
+    if "turn" in out.columns:  # whole turn numbers stay integers in the CSV
+        turn = pd.to_numeric(out["turn"].replace("", np.nan), errors="coerce").astype(float)
+        out["turn"] = turn.astype("Int64") if bool((turn.dropna() % 1 == 0).all()) else turn
     front = REQUIRED_COLUMNS + (["fold"] if "fold" in out.columns else []) + soft_label_columns(out)
     return out[front + [c for c in out.columns if c not in front]]
 

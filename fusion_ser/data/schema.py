@@ -4,6 +4,9 @@ from __future__ import annotations
 
 REQUIRED_COLUMNS = ["utt_id", "path", "split", "speaker", "gender", "label", "arousal", "valence", "dominance", "text"]
 OPTIONAL_COLUMNS = ["fold"]  # plus soft-label columns p_<label>
+# Conversation context (text_encoder.context_turns): a conversation id and the row's turn number within it (numeric,
+# unique within a conversation of a split). Optional; data/context.py assembles the earlier turns.
+CONVERSATION_COLUMNS = ["conversation", "turn"]
 SPLITS = ["train", "dev", "test"]
 SOFT_PREFIX = "p_"
 # The MSP-Podcast challenge classes (Task 1) and attributes (Task 2): the defaults of a config.

@@ -20,6 +20,7 @@ import pandas as pd
 from fusion_ser.config import Config
 from fusion_ser.data.dataset import ScreenReport, screen_audio
 from fusion_ser.data.folds import apply_fold
+from fusion_ser.data.context import with_context
 from fusion_ser.data.manifest import read_manifest
 from fusion_ser.data.schema import NON_CLASS_LABELS, SOFT_PREFIX
 from fusion_ser.errors import FusionSerError
@@ -138,6 +139,8 @@ def split_rows(df: pd.DataFrame, cfg: Config, source: str, dropped: Optional[Dro
     dropped = dropped if dropped is not None else DroppedRows()
     if cfg.data.fold is not None:
         df = apply_fold(df, cfg.data.fold)
+    if cfg.modality in ("text", "both") and cfg.text_encoder.context_turns > 0:
+        df = with_context(df, cfg.text_encoder.context_turns)  # from every row with text, before any is left out
     split = df["split"].astype(str)
     train, dev, test = df[split == "train"], df[split == "dev"], df[split == "test"]
     if cfg.task == "attributes":

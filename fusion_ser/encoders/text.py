@@ -197,10 +197,18 @@ class HFTextEncoder(Encoder):
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Token ids and attention mask; an empty text keeps exactly one placeholder position in the mask."""
-        enc = self.tokenizer([t or "" for t in texts], padding=True, truncation=True, max_length=self.cfg.max_length,
-                             return_tensors="pt")
+    def tokenize(self, texts: list[str], contexts: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
+        """Token ids and attention mask; an empty text keeps exactly one placeholder position in the mask.
+
+        With `contexts` (data/context.py), a row with a context and a text is encoded as a pair, context first and
+        text second (segment ids tell them apart where the model has them); when the two exceed max_length the
+        context is cut from its start (its oldest turns), and a text too long to leave room for any context is
+        encoded alone, as without context."""
+        if contexts is not None and any(contexts):
+            enc = self._tokenize_pairs([t or "" for t in texts], [c or "" for c in contexts])
+        else:
+            enc = self.tokenizer([t or "" for t in texts], padding=True, truncation=True,
+                                 max_length=self.cfg.max_length, return_tensors="pt")
         if enc["input_ids"].shape[1] == 0:
             enc["input_ids"] = torch.full((len(texts), 1), self.tokenizer.pad_token_id, dtype=torch.long)
             enc["attention_mask"] = torch.zeros((len(texts), 1), dtype=torch.long)
@@ -211,15 +219,39 @@ class HFTextEncoder(Encoder):
                 pos = int(real[0]) if len(real) else (att.shape[1] - 1 if self.tokenizer.padding_side == "left" else 0)
                 att[i] = 0
                 att[i, pos] = 1
-        return {"input_ids": enc["input_ids"], "attention_mask": att}
+        out = {"input_ids": enc["input_ids"], "attention_mask": att}
+        if "token_type_ids" in enc and contexts is not None and any(contexts):
+            out["token_type_ids"] = enc["token_type_ids"]
+        return out
+
+    def _tokenize_pairs(self, texts: list[str], contexts: list[str]) -> Any:
+        """Per row: (context, text) as a pair cut from the context's start, or the text alone; padded together."""
+        tok, limit = self.tokenizer, self.cfg.max_length
+        room = limit - tok.num_special_tokens_to_add(pair=True)
+        rows = []
+        side = tok.truncation_side
+        try:
+            tok.truncation_side = "left"  # only the context is truncated ("only_first"): its oldest tokens go
+            for text, ctx in zip(texts, contexts):
+                fits = bool(text.strip() and ctx.strip()) and len(tok(text, add_special_tokens=False)["input_ids"]) < room
+                if fits:
+                    rows.append(tok(ctx, text, truncation="only_first", max_length=limit))
+                else:
+                    tok.truncation_side = side
+                    rows.append(tok(text, truncation=True, max_length=limit))
+                    tok.truncation_side = "left"
+        finally:
+            tok.truncation_side = side
+        return tok.pad([dict(r) for r in rows], padding=True, return_tensors="pt")
 
     def forward(self, batch: dict[str, Any]) -> EncoderOutput:
         if "cached_text" in batch:
             return EncoderOutput(batch["cached_text"], batch["cached_text_mask"].bool())
-        enc = self.tokenize(list(batch["text"]))
+        enc = self.tokenize(list(batch["text"]), batch.get("context"))
         dev = self.device
         ids, att = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
-        out = self.backbone(input_ids=ids, attention_mask=att)
+        extra = {"token_type_ids": enc["token_type_ids"].to(dev)} if "token_type_ids" in enc else {}
+        out = self.backbone(input_ids=ids, attention_mask=att, **extra)
         return EncoderOutput(out.last_hidden_state.float(), att.bool())  # fp32 out of a bf16/fp16 base
 
     def pool(self, output: EncoderOutput) -> torch.Tensor:
@@ -236,7 +268,7 @@ class HFTextEncoder(Encoder):
 
     @torch.no_grad()
     def encode_for_cache(self, sample: dict[str, Any]) -> torch.Tensor:
-        out = self.forward({"text": [sample.get("text", "")]})
+        out = self.forward({"text": [sample.get("text", "")], "context": [sample.get("context", "")]})
         return out.features[0][out.mask[0]].float().cpu()
 
     def save_pretrained(self, directory: str | Path) -> None:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from fusion_ser.config import Config
 from fusion_ser.data.audio import AudioError, waveform
+from fusion_ser.data.context import with_context
 from fusion_ser.data.dataset import CachedInput, EmotionDataset, collate, screen_audio
 from fusion_ser.data.sampler import BucketBatchSampler
 from fusion_ser.device import autocast, resolve_device, resolve_precision, to_device
@@ -134,7 +135,9 @@ def outputs_frame(dataset: EmotionDataset, cfg: Config, labels: list[str], utt_i
     return prediction_frame(utt_ids, cfg.task, labels, attributes, truth=dataset.df, **kind)
 
 
-def _manifest_like(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+def _manifest_like(df: pd.DataFrame, cfg: Config, previous: Optional[Sequence[Sequence[str]]] = None) -> pd.DataFrame:
+    """The frame a dataset reads: label and text columns, and each row's conversation context when the model uses
+    one (the run's frames carry it; a manifest's conversations give it; `previous` lists the earlier turns)."""
     frame = df.reset_index(drop=True).copy()
     for col in ("label", "text"):
         if col not in frame.columns:
@@ -145,6 +148,8 @@ def _manifest_like(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         for a in cfg.data.attributes:
             if a not in frame.columns:
                 frame[a] = np.nan
+    if cfg.modality in ("text", "both") and cfg.text_encoder.context_turns > 0:
+        frame = with_context(frame, cfg.text_encoder.context_turns, previous)
     return frame
 
 
@@ -177,14 +182,15 @@ def predict_frame(model: Union[nn.Module, Runner], df: pd.DataFrame, cfg: Config
 
 
 def _array_dataset(runner: Runner, utt_ids: Sequence[str], cfg: Config, waveforms: Optional[Sequence[np.ndarray]],
-                   texts: Optional[Sequence[str]]) -> tuple[EmotionDataset, int]:
+                   texts: Optional[Sequence[str]], context: Optional[Sequence[Sequence[str]]] = None,
+                   ) -> tuple[EmotionDataset, int]:
     """The dataset of in-memory inputs (unusable waveforms logged and left out) and the number of inputs given."""
     needs_audio = cfg.modality in ("audio", "both")
     if needs_audio and (waveforms is None or len(waveforms) != len(utt_ids)):
         raise InferenceError(f"a {cfg.modality} model needs one waveform per input ({len(utt_ids)} inputs)")
     frame = pd.DataFrame({"utt_id": [str(u) for u in utt_ids], "path": "",
                           "text": list(texts) if texts is not None else [""] * len(utt_ids)})
-    frame = _manifest_like(frame, cfg)
+    frame = _manifest_like(frame, cfg, context)
     n_rows = len(frame)
     kept: Optional[list[np.ndarray]] = None
     if needs_audio:
@@ -202,23 +208,26 @@ def _array_dataset(runner: Runner, utt_ids: Sequence[str], cfg: Config, waveform
 
 def predict_arrays(model: Union[nn.Module, Runner], utt_ids: Sequence[str], cfg: Config, *,
                    waveforms: Optional[Sequence[np.ndarray]] = None, texts: Optional[Sequence[str]] = None,
-                   device: Optional[torch.device] = None) -> pd.DataFrame:
+                   device: Optional[torch.device] = None,
+                   context: Optional[Sequence[Sequence[str]]] = None) -> pd.DataFrame:
     """Predict in-memory inputs: mono waveforms at cfg.data.sample_rate and/or transcripts, one per utt_id, in the
     prediction format and in the given order. Waveforms are checked like decoded files (data.audio); an unusable
-    one (silent, too short, non-finite) is logged and left out of the result."""
+    one (silent, too short, non-finite) is logged and left out of the result. `context`: per input, the earlier
+    turns of its conversation (oldest first), used by models with text_encoder.context_turns > 0."""
     runner = as_runner(model, cfg, device)
-    dataset, n_rows = _array_dataset(runner, utt_ids, cfg, waveforms, texts)
+    dataset, n_rows = _array_dataset(runner, utt_ids, cfg, waveforms, texts, context)
     return _predict(runner, dataset, cfg, "predict", n_rows)
 
 
 @torch.no_grad()
 def embed_arrays(model: Union[nn.Module, Runner], utt_ids: Sequence[str], cfg: Config, *,
                  waveforms: Optional[Sequence[np.ndarray]] = None, texts: Optional[Sequence[str]] = None,
-                 device: Optional[torch.device] = None) -> dict[str, np.ndarray]:
+                 device: Optional[torch.device] = None,
+                 context: Optional[Sequence[Sequence[str]]] = None) -> dict[str, np.ndarray]:
     """utt_id -> the model's pooled embedding (the head's input, `ModelOutput.records["embedding"]`) of each usable
     in-memory input, as float32; inputs are checked as in `predict_arrays`."""
     runner = as_runner(model, cfg, device)
-    dataset, _ = _array_dataset(runner, utt_ids, cfg, waveforms, texts)
+    dataset, _ = _array_dataset(runner, utt_ids, cfg, waveforms, texts, context)
     was_training = runner.module.training
     runner.module.eval()
     out: dict[str, np.ndarray] = {}

@@ -20,6 +20,7 @@ import pandas as pd
 from torch import nn
 
 from fusion_ser.config import Config, upgrade_legacy_keys
+from fusion_ser.data.context import CONTEXT_COLUMN
 from fusion_ser.data.dataset import CachedInput, EmotionDataset
 from fusion_ser.data.feature_cache import FeatureCache
 from fusion_ser.data.frame_store import FrameMemory, PooledStore, memory_budget
@@ -116,6 +117,11 @@ def feature_caches(model: nn.Module, cfg: Config) -> list[CachedInput]:
     return out
 
 
+def _contexts(frame: pd.DataFrame) -> list[str]:
+    """Each row's conversation context (data/context.py; "" when the run uses none): part of a text cache key."""
+    return frame[CONTEXT_COLUMN].astype(str).tolist() if CONTEXT_COLUMN in frame.columns else [""] * len(frame)
+
+
 def fill_caches(cached: list[CachedInput], data: RunData, dist: D.DistInfo,
                 progress: Optional[Callback] = None, *, speeds: tuple[float, ...] = (),
                 augmented: tuple[str, ...] = ("train",)) -> RunData:
@@ -128,7 +134,8 @@ def fill_caches(cached: list[CachedInput], data: RunData, dist: D.DistInfo,
     for c in cached:
         frames = [data.train, data.dev, data.test]
         items = [{"utt_id": str(r.utt_id), "path": r.path} if c.modality == "audio" else
-                 {"utt_id": str(r.utt_id), "text": str(r.text)} for f in frames for r in f.itertuples()]
+                 {"utt_id": str(r.utt_id), "text": str(r.text), "context": str(ctx)}
+                 for f in frames for r, ctx in zip(f.itertuples(), _contexts(f))]
         if c.modality == "audio":
             items += [{"utt_id": str(r.utt_id), "path": r.path, "speed": f}
                       for f in extra_speeds for s in augmented for r in getattr(data, s).itertuples()]

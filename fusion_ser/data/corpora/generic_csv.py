@@ -21,7 +21,7 @@ from fusion_ser.data.schema import REQUIRED_COLUMNS, SPLITS
 
 log = logging.getLogger(__name__)
 
-MAPPABLE = REQUIRED_COLUMNS + ["fold"]
+MAPPABLE = REQUIRED_COLUMNS + ["fold", "conversation", "turn"]
 
 
 @dataclass
@@ -92,7 +92,7 @@ def prepare(root: Path, cfg: CsvCorpusConfig) -> pd.DataFrame:
     if "gender" in out.columns:
         out["gender"] = out["gender"].map(gender_name)
     problems = []
-    for col in [c for c in ATTRIBUTES + ["fold"] if c in out.columns]:
+    for col in [c for c in ATTRIBUTES + ["fold", "turn"] if c in out.columns]:
         values = pd.to_numeric(out[col].replace("", np.nan), errors="coerce")
         for i in np.flatnonzero((values.isna() & (out[col] != "")).to_numpy()):
             problems.append(f"line {i + 2}: {col} column '{columns[col]}' value {out[col].iloc[i]!r} is not a number")

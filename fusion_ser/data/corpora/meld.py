@@ -1,5 +1,8 @@
 """MELD text: ROOT/{train,dev,test}_sent_emo.csv -> splits train/dev/test; no audio (`path` empty).
 
+Each dialogue is a conversation (`conversation` "<split>_<Dialogue_ID>", `turn` Utterance_ID) for
+text_encoder.context_turns.
+
 Text is kept exactly as written (UTF-8, typographic apostrophes included).
 """
 
@@ -56,10 +59,13 @@ def prepare(root: Path, cfg: MeldConfig) -> pd.DataFrame:
             emotion = rec["Emotion"].strip().lower()
             if emotion not in EMOTIONS:
                 raise CorpusError(f"{path} line {i + 2}: unknown Emotion '{rec['Emotion']}'; known: {sorted(EMOTIONS)}")
+            dialogue, turn = rec["Dialogue_ID"].strip(), rec["Utterance_ID"].strip()
             row = {
-                "utt_id": f"{split}_dia{rec['Dialogue_ID'].strip()}_utt{rec['Utterance_ID'].strip()}",
+                "utt_id": f"{split}_dia{dialogue}_utt{turn}",
                 "path": "", "split": split, "speaker": rec["Speaker"].strip(), "label": EMOTIONS[emotion],
                 "text": rec["Utterance"],
+                # dialogue ids restart in every split file: the split keeps the conversations apart
+                "conversation": f"{split}_{dialogue}", "turn": turn,
             }
             if cfg.keep_sentiment and "Sentiment" in rec:
                 row["sentiment"] = rec["Sentiment"].strip()

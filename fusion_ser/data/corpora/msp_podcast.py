@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ SPLITS = {
 LABEL_FILES = ["labels_consensus.csv", "labels_concensus.csv", "labels_consensus.json", "labels_concensus.json"]
 ATTRIBUTE_RANGE = (1.0, 7.0)
 COLUMNS = ["FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set"]
+# MSP-PODCAST_<podcast>_<segment>: consecutive segments of one podcast, the conversation of context_turns
+SEGMENT_NAME = re.compile(r"MSP-PODCAST_(\d+)_(\d+)", re.IGNORECASE)
 
 
 @dataclass
@@ -124,6 +127,13 @@ def _soft_labels(path: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def conversation_of(utt: str) -> tuple[str, float]:
+    """(podcast, segment number) of MSP-PODCAST_0001_0008 -> ("0001", 8); ("", nan) for other names (test3, or
+    names with more parts, whose order within the podcast the name alone does not give)."""
+    m = SEGMENT_NAME.fullmatch(utt)
+    return (m.group(1), float(int(m.group(2)))) if m else ("", float("nan"))
+
+
 def _transcript(directory: Path, utt: str) -> str:
     p = directory / f"{utt}.txt"
     return p.read_text(encoding="utf-8", errors="replace").strip() if p.is_file() else ""
@@ -148,8 +158,10 @@ def prepare(root: Path, cfg: MspPodcastConfig) -> pd.DataFrame:
         if split is None:
             unknown_splits.add(split_raw)
         speaker = str(rec["SpkrID"]).strip()
+        conversation, turn = conversation_of(utt)
         rows.append({
             "utt_id": utt,
+            "conversation": conversation, "turn": turn,
             "path": str(audios / f"{utt}.wav"),
             "split": split or "",
             "speaker": "" if speaker.lower() in {"", "unknown", "nan"} else speaker,
@@ -175,6 +187,7 @@ def prepare(root: Path, cfg: MspPodcastConfig) -> pd.DataFrame:
         extra = sorted(p for p in audios.glob("*.wav") if "test3" in p.stem.lower() and p.stem not in labelled)
         for p in extra:
             rows.append({"utt_id": p.stem, "path": str(p), "split": "test", "speaker": "", "gender": "",
+                         "conversation": conversation_of(p.stem)[0], "turn": conversation_of(p.stem)[1],
                          "label": "", "arousal": np.nan, "valence": np.nan, "dominance": np.nan, "set": "Test3"})
         if extra:
             log.info("added %d unlabelled test3 files", len(extra))
