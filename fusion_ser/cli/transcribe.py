@@ -1,12 +1,19 @@
-"""`fusion-ser transcribe`: fill a manifest's text column with Whisper transcripts (cached, resumable)."""
+"""`fusion-ser transcribe`: fill a manifest's text column with Whisper transcripts (cached, resumable).
+
+Under torchrun every rank transcribes its share on its own GPU (cuda:LOCAL_RANK) into the one cache; rank 0 writes
+the manifest and prints the summary of all ranks.
+"""
 
 from __future__ import annotations
 
 import click
+import pandas as pd
+import torch
 from tqdm import tqdm
 
 from fusion_ser.cli.common import handle_errors
 from fusion_ser.data.manifest import read_manifest, write_manifest
+from fusion_ser.training import distributed as D
 from fusion_ser.transcribe import BACKENDS, TranscriptCache, get_transcriber, transcribe_frame
 from fusion_ser.transcribe.faster import COMPUTE_TYPES
 from fusion_ser.transcribe.runner import TranscribeSummary, rows_to_transcribe
@@ -39,10 +46,31 @@ def command(manifest: str, output: str, backend: str, model: str | None, beam_si
         options.update(vad=vad, compute_type=compute_type)
     elif backend == "openai-whisper":
         options.pop("batch_size")
+    dist = D.init_distributed()
+    try:
+        summary = _transcribe(df, output, backend, model, options, overwrite, batch_size, cache_dir, dist)
+    finally:
+        D.cleanup(dist)
+    if dist.is_main:
+        _print_summary(output, len(df), summary)
+
+
+def _rank_device(device: str, dist: D.DistInfo) -> str:
+    """Under torchrun, 'auto' and 'cuda' mean this rank's GPU (cuda:LOCAL_RANK) when CUDA is present."""
+    if dist.enabled and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{dist.local_rank}"
+    return device
+
+
+def _transcribe(df: pd.DataFrame, output: str, backend: str, model: str | None, options: dict, overwrite: bool,
+                batch_size: int, cache_dir: str | None, dist: D.DistInfo) -> TranscribeSummary:
+    """Transcribe this rank's share (all rows in a single process); rank 0 writes the manifest."""
+    options["device"] = _rank_device(options["device"], dist)
     cache = TranscriptCache(cache_dir)
     todo = len(rows_to_transcribe(df, overwrite))
+    mine = len(D.shard(range(todo), dist))
     transcriber = get_transcriber(backend, model, **options) if todo else None
-    with tqdm(total=todo, unit="clip", desc="transcribe", disable=todo == 0) as bar:
+    with tqdm(total=mine, unit="clip", desc="transcribe", disable=mine == 0 or not dist.is_main) as bar:
         totals = {"audio": 0.0, "compute": 0.0}
 
         def progress(n: int, audio_s: float, compute_s: float) -> None:
@@ -54,12 +82,17 @@ def command(manifest: str, output: str, backend: str, model: str | None, beam_si
 
         if transcriber is not None:
             df, summary = transcribe_frame(df, transcriber, cache, overwrite=overwrite, batch_size=batch_size,
-                                           progress=progress)
+                                           progress=progress, dist=dist)
         else:
             summary = TranscribeSummary(kept=len(df))
     cache.close()
-    write_manifest(df, output)
-    click.echo(f"Wrote {output}: {len(df)} rows")
+    if dist.is_main:
+        write_manifest(df, output)
+    return summary
+
+
+def _print_summary(output: str, rows: int, summary: TranscribeSummary) -> None:
+    click.echo(f"Wrote {output}: {rows} rows")
     click.echo(f"  transcribed {summary.transcribed}, cached {summary.cached}, kept {summary.kept}, "
                f"failed {summary.failed}")
     rtf = f"real-time factor {summary.rtf:.3f}" if summary.audio_seconds else "nothing decoded"
@@ -70,3 +103,5 @@ def command(manifest: str, output: str, backend: str, model: str | None, beam_si
             click.echo(f"    {utt}: {reason}")
         if summary.failed > 20:
             click.echo(f"    ... and {summary.failed - 20} more (run with -v for all)")
+    if summary.shares:
+        click.echo(f"  {len(summary.shares)} ranks; clips per rank: {', '.join(map(str, summary.shares))}")

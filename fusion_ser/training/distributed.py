@@ -9,12 +9,14 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,6 +72,21 @@ def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's object, in rank order, on every rank (a list of one in a world of one)."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shard(items: Sequence[T], info: DistInfo) -> list[T]:
+    """This rank's share of a sequence every rank holds in the same order: the items i with i % world == rank
+    (interleaved, so a manifest sorted by speaker or length still gives every rank a like share)."""
+    return list(items[info.rank::info.world_size]) if info.enabled else list(items)
 
 
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:

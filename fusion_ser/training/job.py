@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from fusion_ser.config import Config, upgrade_legacy_keys
@@ -124,10 +125,13 @@ def _contexts(frame: pd.DataFrame) -> list[str]:
 
 def fill_caches(cached: list[CachedInput], data: RunData, dist: D.DistInfo,
                 progress: Optional[Callback] = None, *, speeds: tuple[float, ...] = (),
-                augmented: tuple[str, ...] = ("train",)) -> RunData:
-    """Compute missing cache entries (rank 0 first, then the others find them) and drop rows that failed to encode.
+                augmented: tuple[str, ...] = ("train",), device: Optional[torch.device] = None) -> RunData:
+    """Compute missing cache entries and drop rows that failed to encode.
 
-    Audio rows of the `augmented` splits also get one entry per speed-perturbation factor other than 1.0.
+    Under torchrun each rank encodes its share (`distributed.shard`: items i with i % world == rank) on its own
+    device into the one cache; after that every rank checks every entry (computing any still missing) and the rows
+    that failed on any rank are dropped on all of them. Audio rows of the `augmented` splits also get one entry per
+    speed-perturbation factor other than 1.0.
     """
     failed: set[str] = set()
     extra_speeds = [float(f) for f in dict.fromkeys(speeds) if float(f) != 1.0]
@@ -139,16 +143,24 @@ def fill_caches(cached: list[CachedInput], data: RunData, dist: D.DistInfo,
         if c.modality == "audio":
             items += [{"utt_id": str(r.utt_id), "path": r.path, "speed": f}
                       for f in extra_speeds for s in augmented for r in getattr(data, s).itertuples()]
-        for turn in ([0, 1] if dist.enabled else [0]):
-            if (turn == 0) == dist.is_main:
-                _emit(progress, dist, CacheStarted(modality=c.modality, items=len(items)))
-                tick = (lambda n: progress(CacheProgress(n=n))) if progress and dist.is_main else None
-                report = c.cache.ensure(c.encoder, items, progress=tick)
-                failed.update(u for u, _ in report.failed)
-                if dist.is_main:
-                    logger.info("feature cache (%s): %d computed, %d reused, %d rebuilt, %d failed", c.modality,
-                                report.computed, report.reused, report.rebuilt, len(report.failed))
-            D.barrier(dist)
+        if device is not None:
+            c.encoder.to(device)
+        share = D.shard(items, dist)
+        _emit(progress, dist, CacheStarted(modality=c.modality, items=len(share)))
+        tick = (lambda n: progress(CacheProgress(n=n))) if progress and dist.is_main else None
+        report = c.cache.ensure(c.encoder, share, progress=tick)
+        reports = D.all_gather_object(report, dist)
+        bad = {u for r in reports for u, _ in r.failed}
+        if dist.enabled:  # the others' entries: present and complete here too (a shared disk may lag or lose one)
+            check = c.cache.ensure(c.encoder, [it for it in items if it["utt_id"] not in bad])
+            bad.update(u for r in D.all_gather_object(check, dist) for u, _ in r.failed)
+        failed.update(bad)
+        if dist.is_main:
+            logger.info("feature cache (%s): %d computed, %d reused, %d rebuilt, %d failed%s", c.modality,
+                        sum(r.computed for r in reports), sum(r.reused for r in reports),
+                        sum(r.rebuilt for r in reports), len(bad),
+                        f" (items per rank: {[r.computed + r.reused + r.rebuilt + len(r.failed) for r in reports]})"
+                        if dist.enabled else "")
     if not failed:
         return data
     for u in failed:
@@ -189,7 +201,7 @@ def train_run(cfg: Config, manifest_path: Optional[str | Path], out_dir: str | P
     cached = feature_caches(model, cfg)
     make_plan(cfg, data, model, cached, dist.world_size).raise_problems()
     if cached:
-        data = fill_caches(cached, data, dist, progress, speeds=tuple(cfg.data.speed_perturb),
+        data = fill_caches(cached, data, dist, progress, speeds=tuple(cfg.data.speed_perturb), device=device,
                            augmented=("train", "dev") if cfg.train.refit_on_dev else ("train",))
     info = RunInfo(kind="model", task=cfg.task, labels=data.labels,
                    attributes=list(cfg.data.attributes) if cfg.task == "attributes" else [],

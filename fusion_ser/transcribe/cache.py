@@ -1,6 +1,10 @@
 """On-disk transcript cache: one SQLite row per (transcriber, audio file identity), committed per clip.
 
-A killed `transcribe` resumes where it stopped and a re-run costs nothing; failures are never cached.
+A killed `transcribe` resumes where it stopped and a re-run costs nothing; failures are never cached. Several
+processes (the ranks of a torchrun job) may write one cache at once: each write takes the write lock up front
+(BEGIN IMMEDIATE) and waits for it up to the busy timeout, so no writer fails on another's lock. The journal stays
+SQLite's default rollback journal, not WAL, because WAL needs every process on one host and a multi-node job may keep
+its cache on a shared filesystem.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Optional
 from fusion_ser.errors import FusionSerError
 
 DB_NAME = "transcripts.sqlite"
+BUSY_TIMEOUT_S = 120  # how long a write waits for another process's lock before it fails
 
 
 class TranscriptCacheError(FusionSerError):
@@ -41,7 +46,7 @@ class TranscriptCache:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(str(self.directory / DB_NAME), timeout=60)
+            self.conn = sqlite3.connect(str(self.directory / DB_NAME), timeout=BUSY_TIMEOUT_S)
             self.conn.execute("CREATE TABLE IF NOT EXISTS transcripts (key TEXT PRIMARY KEY, transcriber TEXT, "
                               "path TEXT, text TEXT, seconds REAL)")
             self.conn.commit()
@@ -66,8 +71,13 @@ class TranscriptCache:
 
     def put(self, transcriber_id: str, path: str | Path, text: str, seconds: float) -> None:
         """Store one transcript and commit at once, so an interruption loses at most the clip in flight."""
-        self.conn.execute("INSERT OR REPLACE INTO transcripts VALUES (?, ?, ?, ?, ?)",
-                          (self.key(transcriber_id, path), transcriber_id, str(Path(path).resolve()), text, seconds))
+        row = (self.key(transcriber_id, path), transcriber_id, str(Path(path).resolve()), text, seconds)
+        self.conn.execute("BEGIN IMMEDIATE")  # the write lock now, waiting on other writers up to BUSY_TIMEOUT_S
+        try:
+            self.conn.execute("INSERT OR REPLACE INTO transcripts VALUES (?, ?, ?, ?, ?)", row)
+        except BaseException:
+            self.conn.rollback()
+            raise
         self.conn.commit()
 
     def __len__(self) -> int:

@@ -1,6 +1,8 @@
 """Fill the text column of a manifest: keep human transcripts, reuse cached ones, transcribe the rest in batches.
 
-A clip that cannot be read or decoded is reported in the summary and left empty; the job goes on.
+A clip that cannot be read or decoded is reported in the summary and left empty; the job goes on. Under torchrun
+(`dist` of a world > 1) each rank transcribes its share of the rows into the one cache and every rank ends with the
+whole frame and a summary of all ranks.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pandas as pd
 
 from fusion_ser.data.audio import AudioError, load_audio
 from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.training import distributed as D
 from fusion_ser.transcribe.base import Transcriber
 from fusion_ser.transcribe.cache import TranscriptCache
 
@@ -34,6 +37,7 @@ class TranscribeSummary:
     audio_seconds: float = 0.0  # audio decoded by the model in this job
     compute_seconds: float = 0.0  # wall time spent in the model
     failures: list[tuple[str, str]] = field(default_factory=list)  # (utt_id, reason)
+    shares: list[int] = field(default_factory=list)  # under torchrun: clips handled by each rank, in rank order
 
     @property
     def rtf(self) -> float:
@@ -53,14 +57,21 @@ def rows_to_transcribe(df: pd.DataFrame, overwrite: bool) -> list[int]:
 
 def transcribe_frame(df: pd.DataFrame, transcriber: Transcriber, cache: Optional[TranscriptCache] = None, *,
                      overwrite: bool = False, batch_size: int = 8, min_seconds: float = 0.1,
-                     progress: Optional[Progress] = None) -> tuple[pd.DataFrame, TranscribeSummary]:
-    """Return a copy of the manifest frame with `text` filled, and a summary (transcribed/cached/kept/failed, RTF)."""
+                     progress: Optional[Progress] = None,
+                     dist: Optional[D.DistInfo] = None) -> tuple[pd.DataFrame, TranscribeSummary]:
+    """Return a copy of the manifest frame with `text` filled, and a summary (transcribed/cached/kept/failed, RTF).
+
+    With `dist` of a world > 1 this rank handles `distributed.shard` of the rows to transcribe, then the ranks
+    exchange their texts, so each returns the same whole frame and the summary of all ranks.
+    """
     out = df.copy()
     if "text" not in out.columns:
         out["text"] = ""
     out["text"] = out["text"].where(out["text"].map(_has_text), "").astype(str)
     todo = rows_to_transcribe(out, overwrite)
     summary = TranscribeSummary(kept=len(out) - len(todo))
+    if dist is not None and dist.enabled:
+        todo = D.shard(todo, dist)
     tid = transcriber.cache_id()
     col = out.columns.get_loc("text")
 
@@ -86,7 +97,29 @@ def transcribe_frame(df: pd.DataFrame, transcriber: Transcriber, cache: Optional
                 _fail(out, summary, i, col, utt, str(e), progress)
         if rows:
             _run_batch(out, rows, audios, transcriber, cache, summary, col, progress)
+    if dist is not None and dist.enabled:
+        return _merge_ranks(out, todo, summary, col, dist)
     return out, summary
+
+
+def _merge_ranks(out: pd.DataFrame, share: list[int], summary: TranscribeSummary, col: int,
+                 dist: D.DistInfo) -> tuple[pd.DataFrame, TranscribeSummary]:
+    """Every rank's texts written into the frame, and one summary: counts and seconds summed, failures in row order."""
+    parts = D.all_gather_object(([(i, out.iat[i, col]) for i in share], summary), dist)
+    total = TranscribeSummary(kept=summary.kept)
+    for texts, s in parts:
+        for i, text in texts:
+            out.iat[i, col] = text
+        total.transcribed += s.transcribed
+        total.cached += s.cached
+        total.failed += s.failed
+        total.audio_seconds += s.audio_seconds
+        total.compute_seconds += s.compute_seconds  # model time of all ranks: the RTF stays per device
+        total.failures += s.failures
+        total.shares.append(len(texts))
+    order = {str(u): k for k, u in enumerate(out["utt_id"])}
+    total.failures.sort(key=lambda f: order.get(f[0], len(order)))
+    return out, total
 
 
 def _fail(out: pd.DataFrame, summary: TranscribeSummary, i: int, col: int, utt: str, reason: str,
