@@ -13,10 +13,11 @@ from fusion_ser.cli.fuse import summary_lines
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False), help="Folder of the ensembled run.")
 @click.option(
     "--method",
-    type=click.Choice(["mean", "vote", "stacking", "mlp"]),
+    type=click.Choice(["mean", "vote", "stacking", "mlp", "soup"]),
     default="mean",
     help="mean of posteriors (or attribute values); majority vote, ties by mean posterior; stacking: LR (ridge) "
-         "fitted on dev; mlp: a small MLP on the members' log-posteriors (attribute values) fitted on dev.",
+         "fitted on dev; mlp: a small MLP on the members' log-posteriors (attribute values) fitted on dev; soup: "
+         "the mean of the weights of trained runs of one architecture, one model (one forward pass).",
 )
 @click.option("--folds", default=5, type=int, help="Folds of the cross-validation inside dev (stacking).")
 @click.option("--C", "C", default=1.0, type=float, help="Inverse L2 strength of the stacking logistic regression.")

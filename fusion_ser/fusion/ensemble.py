@@ -3,7 +3,8 @@
 Majority vote breaks ties by the mean posterior (Sheffield-MINI, Interspeech 2025). Stacking fits logistic
 regression on the members' dev posteriors (ridge for attributes); `mlp` fits a small MLP meta-classifier on their
 log-posteriors (MEDUSA, Interspeech 2025; a regressor for attributes). Both follow the no-leak rule of `fuse`: dev
-figures are out-of-fold, test comes from the combiner fitted on all of dev.
+figures are out-of-fold, test comes from the combiner fitted on all of dev. `soup` averages the weights of runs
+of one architecture into one trained model (`fusion.soup`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from fusion_ser.fusion.members import FusionError, open_members
 from fusion_ser.fusion.runs import CombinedRun, Fitter, build_combined_run
 from fusion_ser.fusion.late import fit_logistic, fit_ridge
 
-CATEGORICAL_METHODS = ["mean", "vote", "stacking", "mlp"]
-ATTRIBUTE_METHODS = ["mean", "stacking", "mlp"]
+CATEGORICAL_METHODS = ["mean", "vote", "stacking", "mlp", "soup"]
+ATTRIBUTE_METHODS = ["mean", "stacking", "mlp", "soup"]
 ABSENT_LOGIT = -30.0  # output bias of a class absent from the fitted rows: (almost) zero posterior
 
 
@@ -72,6 +73,10 @@ def ensemble_runs(
     allowed = CATEGORICAL_METHODS if info.task == "categorical" else ATTRIBUTE_METHODS
     if method not in allowed:
         raise FusionError(f"method '{method}' does not apply to {info.task} runs; choose one of {allowed}")
+    if method == "soup":
+        from fusion_ser.fusion.soup import soup_runs
+
+        return soup_runs(runs, out_dir, seed=seed, force=force)
     labels, attributes, m = list(info.labels), list(info.attributes), len(runs)
     fitter: Optional[Fitter] = None
     fixed: Optional[Combiner] = None
