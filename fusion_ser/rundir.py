@@ -28,6 +28,7 @@ import pandas as pd
 import yaml
 
 from fusion_ser.config import Config, ConfigError, config_with_overrides, read_yaml_mapping
+from fusion_ser.data.schema import CORPUS_COLUMN
 from fusion_ser.errors import FusionSerError
 from fusion_ser import files
 
@@ -38,9 +39,12 @@ PROB_PREFIX = "prob_"
 PRED_SUFFIX = "_pred"
 # Everything a run directory may hold: what overwriting a run (prepare_output) removes, and nothing else.
 RUN_FILES = ("run.json", "config.yaml", "metrics.json", "report.md", "report.html", "train_log.csv",
-             "refit_train_log.csv", "skipped_clips.json", "dropped_rows.json", "cv_metrics.json")
+             "refit_train_log.csv", "skipped_clips.json", "dropped_rows.json", "cv_metrics.json",
+             "manifest.csv")  # manifest.csv: the combined rows of a multi-corpus run (data.manifests)
 RUN_FOLDERS = ("model", "model_dev_selected", "predictions", "checkpoints")
 RUN_PATTERNS = ("*.png",)
+# model: trained; fusion / ensemble: combined member runs; evaluation: a run scored on another corpus (crosscorpus)
+RUN_KINDS = ("model", "fusion", "ensemble", "evaluation")
 
 
 class RunDirError(FusionSerError):
@@ -59,7 +63,7 @@ class RunExistsError(OutputError):
 class RunInfo:
     """What kind of run this is; enough for any reader to interpret the predictions."""
 
-    kind: str  # model | fusion | ensemble
+    kind: str  # one of RUN_KINDS
     task: str  # categorical | attributes
     labels: list[str] = field(default_factory=list)  # class order of prob_<class> columns
     attributes: list[str] = field(default_factory=list)
@@ -202,11 +206,14 @@ def prediction_frame(utt_ids: list[str], task: str, labels: list[str], attribute
     """The run-dir prediction format: utt_id, [label], pred, prob_<class>... | utt_id, [<attr>...], <attr>_pred...
 
     `probs` (N, K) in `labels` order (pred: their argmax unless given) or `values` (N, A) in `attributes` order.
-    `truth` (rows keyed by utt_id, any order) adds the label / attribute truth columns that hold any known value.
+    `truth` (rows keyed by utt_id, any order) adds the label / attribute truth columns that hold any known value,
+    and the `corpus` column of a multi-corpus manifest.
     """
     ids = [str(u) for u in utt_ids]
     out = pd.DataFrame({"utt_id": ids})
     known = truth.set_index(truth["utt_id"].astype(str)) if truth is not None else None
+    if known is not None and CORPUS_COLUMN in known.columns and _known(known[CORPUS_COLUMN]).any():
+        out[CORPUS_COLUMN] = known.loc[ids, CORPUS_COLUMN].to_numpy()  # metrics split by corpus
     if task == "categorical":
         if known is not None and "label" in known.columns and _known(known["label"]).any():
             out["label"] = known.loc[ids, "label"].to_numpy()

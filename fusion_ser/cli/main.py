@@ -18,6 +18,7 @@ COMMANDS = {
     "compare": "fusion_ser.cli.compare",
     "export-submission": "fusion_ser.cli.export_submission",
     "export-onnx": "fusion_ser.cli.export_onnx",
+    "test": "fusion_ser.cli.test",
     "predict": "fusion_ser.cli.predict",
     "embed": "fusion_ser.cli.embed",
     "demo": "fusion_ser.cli.demo",

@@ -8,7 +8,7 @@ ranks. Every rank gets the same number of batches and disjoint indices.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -19,6 +19,8 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     `pool_batches` batches' worth of shuffled indices are sorted by length together: larger pools pad less,
     smaller pools randomise more. Without `shuffle` the whole dataset is sorted (longest first) for evaluation.
+    With `groups` (e.g. each item's corpus) every group fills an equal share of each epoch (data.corpus_sampling
+    balanced), drawn from (seed, epoch) like the rest, so resume and DDP stay exact; the epoch length is unchanged.
     """
 
     def __init__(
@@ -32,6 +34,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         drop_last: bool = False,
         pool_batches: int = 50,
+        groups: Optional[Sequence[str]] = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -45,17 +48,36 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.rank = int(rank)
         self.drop_last = drop_last
         self.pool_batches = max(1, int(pool_batches))
+        self.groups = None if groups is None else np.asarray([str(g) for g in groups], dtype=object)
+        if self.groups is not None and len(self.groups) != len(self.lengths):
+            raise ValueError(f"{len(self.groups)} groups for {len(self.lengths)} items")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose (deterministic) order the next iteration yields."""
         self.epoch = int(epoch)
 
+    def _epoch_items(self, rng: np.random.Generator) -> np.ndarray:
+        """The epoch's items in random order: all of them once, or with `groups` an equal share of the epoch for
+        each group (n // G items each, the first n % G groups one more), a small group's items repeated."""
+        n = len(self.lengths)
+        if self.groups is None:
+            return rng.permutation(n)
+        names = sorted(set(self.groups))
+        base, extra = divmod(n, len(names))
+        parts = []
+        for k, name in enumerate(names):
+            members = np.flatnonzero(self.groups == name)
+            m = base + (1 if k < extra else 0)
+            copies = -(-m // len(members))
+            parts.append(np.concatenate([rng.permutation(members) for _ in range(copies)])[:m])
+        return rng.permutation(np.concatenate(parts))
+
     def _order(self, rng: np.random.Generator) -> np.ndarray:
         n = len(self.lengths)
         if not self.shuffle:
             return np.argsort(-self.lengths, kind="stable")
-        perm = rng.permutation(n)
+        perm = self._epoch_items(rng)
         pool = self.batch_size * self.pool_batches
         chunks = []
         for start in range(0, n, pool):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 REQUIRED_COLUMNS = ["utt_id", "path", "split", "speaker", "gender", "label", "arousal", "valence", "dominance", "text"]
-OPTIONAL_COLUMNS = ["fold"]  # plus soft-label columns p_<label>
+CORPUS_COLUMN = "corpus"  # which corpus a row comes from (multi-corpus training; metrics by corpus)
+OPTIONAL_COLUMNS = ["fold", CORPUS_COLUMN]  # plus soft-label columns p_<label>
 # Conversation context (text_encoder.context_turns): a conversation id and the row's turn number within it (numeric,
 # unique within a conversation of a split). Optional; data/context.py assembles the earlier turns.
 CONVERSATION_COLUMNS = ["conversation", "turn"]

@@ -198,9 +198,10 @@ def check_text(frames: dict[str, pd.DataFrame], source: str, required: bool) -> 
     return n
 
 
-def load_run_data(cfg: Config, manifest_path: str | Path) -> RunData:
-    """Read the manifest and pick the rows of each split for cfg.task/modality, screening unreadable audio."""
-    df = read_manifest(manifest_path)
+def load_run_data(cfg: Config, manifest_path: str | Path, frame: Optional[pd.DataFrame] = None) -> RunData:
+    """Read the manifest (or take `frame`, e.g. the combined rows of data.manifests, named `manifest_path` in
+    messages) and pick the rows of each split for cfg.task/modality, screening unreadable audio."""
+    df = read_manifest(manifest_path) if frame is None else frame
     dropped = DroppedRows()
     labels, train, dev, test = split_rows(df, cfg, str(manifest_path), dropped)
     frames = {"train": train, "dev": dev, "test": test}

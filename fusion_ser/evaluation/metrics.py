@@ -11,7 +11,7 @@ reported, which one ranks runs, and which way each is better.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ RANGES = ("low", "mid", "high")  # bottom 25 %, middle 50 %, top 25 % of the gro
 NO_LABEL = "no label"  # reasons a row is not scored (compute_metrics' "unscored")
 NON_CLASS = "other/no_agreement"
 NO_ATTRIBUTE = "no attribute value"
+UNKNOWN_CLASS = "class unknown to the run"  # with scoring unknown=ignore (cross-corpus evaluation runs)
 
 
 class MetricsError(FusionSerError):
@@ -68,9 +69,19 @@ def range_masks(truth: np.ndarray) -> dict[str, np.ndarray]:
     return {"low": low, "mid": ~low & ~high, "high": high}
 
 
+def scoring_policy(info: RunInfo) -> tuple[Optional[list[str]], str]:
+    """(the classes macro-F1 and UAR average over, how rows labelled with a class the run does not know count) from
+    run.json `extra.scoring` (an evaluation run on another corpus); (None: every class seen, "error") otherwise."""
+    scoring = (info.extra or {}).get("scoring") or {}
+    average = scoring.get("average")
+    return (list(average) if average is not None else None), str(scoring.get("unknown", "error"))
+
+
 def scored_classes(df: pd.DataFrame, info: RunInfo) -> list[str]:
     """info.labels, then (sorted) the labels of the truth that are classes the run does not know: the class list
     a categorical frame is scored over. `other`/`no_agreement` are not classes (unless the run has them)."""
+    if scoring_policy(info)[1] == "ignore":
+        return list(info.labels)
     truth = _truth(df)
     extra = set(truth) - set(info.labels) - set(NON_CLASS_LABELS) - {""}
     return list(info.labels) + sorted(extra)
@@ -86,8 +97,10 @@ def _truth(df: pd.DataFrame) -> pd.Series:
 def unscored_reasons(df: pd.DataFrame, info: RunInfo) -> dict[str, int]:
     """Rows of a categorical frame that are not scored, by reason (no label; other/no_agreement), non-zero only."""
     truth = _truth(df)
-    counts = {NO_LABEL: int((truth == "").sum()),
-              NON_CLASS: int((truth.isin(NON_CLASS_LABELS) & ~truth.isin(info.labels)).sum())}
+    non_class = truth.isin(NON_CLASS_LABELS) & ~truth.isin(info.labels)
+    counts = {NO_LABEL: int((truth == "").sum()), NON_CLASS: int(non_class.sum())}
+    if scoring_policy(info)[1] == "ignore":
+        counts[UNKNOWN_CLASS] = int((~truth.isin(info.labels) & (truth != "") & ~non_class).sum())
     return {k: n for k, n in counts.items() if n}
 
 
@@ -109,7 +122,7 @@ def categorical_arrays(df: pd.DataFrame, info: RunInfo, source: str = "predictio
         pred = pd.Series(np.asarray(labels, dtype=object)[df[prob_cols].to_numpy().argmax(axis=1)], index=df.index)
     truth = _truth(df)
     index = {c: i for i, c in enumerate(scored_classes(df, info))}
-    known = truth.isin(index).to_numpy()
+    known = truth.isin(index if scoring_policy(info)[1] == "error" else labels).to_numpy()
     bad = sorted(set(pred[known]) - set(labels))
     if bad:
         raise MetricsError(f"{source}: predicted classes {bad[:5]} are not among the run's classes {labels}; "
@@ -130,19 +143,24 @@ def attribute_arrays(df: pd.DataFrame, attribute: str, source: str = "prediction
     return truth[known].to_numpy(np.float64), pred[known].to_numpy(np.float64), known
 
 
-def categorical_metrics(y: np.ndarray, p: np.ndarray, labels: list[str]) -> dict:
+def categorical_metrics(y: np.ndarray, p: np.ndarray, labels: list[str], average: Optional[list[str]] = None) -> dict:
     """All class metrics from class-index arrays: F1 (macro, micro, support-weighted as MELD reports), UAR, accuracy, per-class P/R/F1, confusion.
 
     As the challenge scorer (sklearn's default), macro-F1 averages the classes that occur in the truth or the
-    predictions, and UAR the classes that occur in the truth; per-class figures cover every class of the run."""
+    predictions, and UAR the classes that occur in the truth; with `average` (class names, e.g. the classes a run
+    shares with another corpus) both average over those classes only. Per-class figures cover every class."""
     idx = list(range(len(labels)))
     prec, rec, f1, support = precision_recall_fscore_support(y, p, labels=idx, zero_division=0)
+    over = None if average is None else [labels.index(c) for c in average if c in labels]
+    in_truth = np.unique(y) if over is None else [i for i in over if i in set(y.tolist())]
+    extra = {} if average is None else {"averaged_classes": [c for c in average if c in labels]}
     return {
         "n": int(len(y)),
-        "macro_f1": float(f1_score(y, p, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y, p, labels=over, average="macro", zero_division=0)),
         "micro_f1": float(f1_score(y, p, labels=idx, average="micro", zero_division=0)),
         "weighted_f1": float(f1_score(y, p, labels=idx, average="weighted", zero_division=0)),
-        "uar": float(recall_score(y, p, labels=np.unique(y), average="macro", zero_division=0)),
+        "uar": float(recall_score(y, p, labels=in_truth, average="macro", zero_division=0)) if len(in_truth) else 0.0,
+        **extra,
         "accuracy": float((y == p).mean()) if len(y) else 0.0,
         "labels": list(labels),
         "per_class_precision": {c: float(v) for c, v in zip(labels, prec)},
@@ -182,7 +200,7 @@ def compute_metrics(df: pd.DataFrame, info: RunInfo, *, source: str = "predictio
         if len(y) == 0:
             return {"n": 0, "n_skipped": skipped, **unscored}
         classes = scored_classes(df, info)
-        out = {**categorical_metrics(y, p, classes), "n_skipped": skipped, **unscored}
+        out = {**categorical_metrics(y, p, classes, scoring_policy(info)[0]), "n_skipped": skipped, **unscored}
         k = len(info.labels)
         out["n_unknown_class"] = int((y >= k).sum())
         if out["n_unknown_class"]:

@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from fusion_ser.data.schema import CORPUS_COLUMN
 from fusion_ser.errors import FusionSerError
 from fusion_ser.evaluation import plots
 from fusion_ser.evaluation.metrics import attribute_arrays, compute_metrics, headline_keys
@@ -70,7 +71,25 @@ def evaluate_split(run: RunDir, info: RunInfo, split: str, *, n_boot: int = 1000
         metrics["ci"] = bootstrap_ci(score_data(df, info, source=source), n_boot=n_boot, seed=seed, speakers=speakers)
         metrics["ci_method"] = {"level": 0.95, "n_boot": n_boot, "seed": seed,
                                 "unit": "speaker" if speakers is not None else "utterance"}
+        by_corpus = metrics_by_corpus(df, info, source)
+        if by_corpus:
+            metrics["by_corpus"] = by_corpus
     return metrics, df
+
+
+def metrics_by_corpus(df: pd.DataFrame, info: RunInfo, source: str = "predictions") -> dict[str, dict]:
+    """The headline figures (and n) of each corpus of a prediction frame with a `corpus` column holding more than
+    one name (a multi-corpus run); {} otherwise."""
+    if CORPUS_COLUMN not in df.columns:
+        return {}
+    corpus = df[CORPUS_COLUMN].fillna("").astype(str)
+    if corpus.nunique() < 2:
+        return {}
+    out = {}
+    for name in sorted(corpus.unique()):
+        m = compute_metrics(df[corpus == name], info, source=f"{source} (corpus {name})")
+        out[name] = {"n": m["n"], **{k: m[k] for k in headline_keys(info) if k in m}}
+    return out
 
 
 def _split_figures(run: RunDir, info: RunInfo, split: str, metrics: dict, df: pd.DataFrame,

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from fusion_ser.errors import FusionSerError
-from fusion_ser.evaluation.metrics import attribute_arrays, categorical_arrays, headline_keys, scored_classes
+from fusion_ser.evaluation.metrics import (attribute_arrays, categorical_arrays, headline_keys, scored_classes,
+                                           scoring_policy)
 from fusion_ser.rundir import RunInfo
 
 CHUNK = 256  # resamples evaluated at once (bounds memory on large test sets)
@@ -60,7 +61,9 @@ class ScoreData:
     def figures(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """Headline figures under each row of utterance weights (B, n); a row of ones gives the point estimate."""
         if self.info.task == "categorical":
-            return _class_figures(weights @ _pair_onehot(self.y, self.p, self.n_classes), self.n_classes)
+            average, _ = scoring_policy(self.info)
+            over = None if average is None else np.isin(self.classes or self.info.labels, average)
+            return _class_figures(weights @ _pair_onehot(self.y, self.p, self.n_classes), self.n_classes, over)
         attrs = self.info.attributes
         return _attribute_figures(attrs, [weights @ _moments(self.truth[:, j], self.pred[:, j], self.known[:, j])
                                           for j in range(len(attrs))])
@@ -98,8 +101,9 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
 
 
-def _class_figures(flat_conf: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """Macro/micro F1, UAR and accuracy of a batch of flat confusion matrices (B, K*K), as `categorical_metrics`."""
+def _class_figures(flat_conf: np.ndarray, k: int, over: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+    """Macro/micro F1, UAR and accuracy of a batch of flat confusion matrices (B, K*K), as `categorical_metrics`;
+    `over` (K,) bool: the classes macro-F1 and UAR average over (default: those seen, as sklearn)."""
     conf = flat_conf.reshape(-1, k, k)
     tp = np.diagonal(conf, axis1=1, axis2=2)
     support = conf.sum(axis=2)
@@ -108,6 +112,10 @@ def _class_figures(flat_conf: np.ndarray, k: int) -> dict[str, np.ndarray]:
     f1 = _safe_div(2 * tp, support + predicted)
     recall = _safe_div(tp, support)
     acc = _safe_div(tp.sum(axis=1), total)
+    if over is not None:
+        m = over.astype(np.float64)
+        return {"macro_f1": (f1 * m).sum(axis=1) / max(m.sum(), 1.0), "micro_f1": acc,
+                "uar": _safe_div((recall * m).sum(axis=1), ((support > 0) * m).sum(axis=1)), "accuracy": acc}
     seen = ((support + predicted) > 0).sum(axis=1)  # classes in truth or predictions (sklearn's default labels)
     return {"macro_f1": _safe_div(f1.sum(axis=1), seen), "micro_f1": acc,
             "uar": _safe_div(recall.sum(axis=1), (support > 0).sum(axis=1)), "accuracy": acc}

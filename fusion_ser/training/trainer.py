@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from fusion_ser.config import Config
 from fusion_ser.data.dataset import EmotionDataset, collate
 from fusion_ser.data.sampler import BucketBatchSampler
+from fusion_ser.data.schema import CORPUS_COLUMN
 from fusion_ser.device import resolve_precision, to_device
 from fusion_ser.errors import FusionSerError
 from fusion_ser.evaluation.metrics import compute_metrics, higher_is_better, primary_metric
@@ -34,6 +35,7 @@ from fusion_ser.rundir import RunInfo, atomic_write_text
 from fusion_ser.training import checkpoint as ckpt
 from fusion_ser.training import distributed as D
 from fusion_ser.training.averaging import WeightEMA
+from fusion_ser.training.domain import eval_copy, fit_domains
 from fusion_ser.training.events import Callback, EpochEnded, EpochStarted, Event, StepDone
 from fusion_ser.training.inference import Runner, eval_loader, non_finite_ids, outputs_frame, run_inference
 from fusion_ser.training.optim import lr_lambda, param_groups
@@ -117,6 +119,9 @@ class Trainer(Runner):
         cfg = self.cfg
         self.epochs = cfg.train.epochs if epochs is None else int(epochs)
         self.fit_statistics(train_set)
+        for rows in (train_set, dev_set):  # head.standardize: each split's own speaker/corpus statistics
+            if rows is not None:
+                fit_domains(self.module, eval_copy(rows, cfg, self.labels), cfg, self.device)
         sampler = self._train_sampler(train_set)
         loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.train.num_workers)
         steps_per_epoch = math.ceil(len(sampler) / cfg.train.grad_accum)
@@ -160,8 +165,11 @@ class Trainer(Runner):
         lengths = train_set.lengths()
         if not self.cfg.train.bucketing:
             lengths = np.zeros_like(lengths)  # equal lengths: the sampler's pools become plain random batches
+        groups = None  # data.corpus_sampling balanced: each corpus an equal share of every epoch
+        if self.cfg.data.corpus_sampling == "balanced" and CORPUS_COLUMN in train_set.df.columns:
+            groups = train_set.df[CORPUS_COLUMN].astype(str).tolist()
         return BucketBatchSampler(lengths, self.cfg.train.batch_size, shuffle=True, seed=self.cfg.seed,
-                                  num_replicas=self.dist.world_size, rank=self.dist.rank)
+                                  num_replicas=self.dist.world_size, rank=self.dist.rank, groups=groups)
 
     def _train_epoch(self, loader: DataLoader, epoch: int, n_batches: int) -> dict[str, Any]:
         cfg = self.cfg
