@@ -15,6 +15,7 @@ import torch
 from fusion_ser.config import load_config
 from fusion_ser.data.dataset import CachedInput, EmotionDataset, collate
 from fusion_ser.data.feature_cache import FeatureCache
+from fusion_ser.data import frame_store
 from fusion_ser.data.frame_store import FrameMemory
 from fusion_ser.data.manifest import read_manifest
 from fusion_ser.models.factory import build_model
@@ -99,15 +100,20 @@ def test_pooled_vectors_are_stored_once_and_a_damaged_file_is_recomputed(corpus,
     key = cached[0].cache.item_key(item)
     files = [cached[0].pooled.directory / key[:2] / f"{key}.npy"]
     files[0].unlink(missing_ok=True)
+    frame_store._PROCESS_VECTORS.clear()  # vectors of earlier tests in this process
     first, _ = cached[0].pooled.get(item)
     assert files[0].is_file()
     reads: list[str] = []
     real_get = FeatureCache.get
     monkeypatch.setattr(FeatureCache, "get", lambda self, enc, it: reads.append(it["utt_id"]) or real_get(self, enc, it))
+    again, _ = frames_and_rows(cfg, corpus)[1][0].pooled.get(item)  # another run of this process: from memory
+    assert reads == [] and torch.equal(first, again)
+    frame_store._PROCESS_VECTORS.clear()  # as in a new process
     _, fresh, _ = frames_and_rows(cfg, corpus)  # another run on the same cache: the vector comes from its file
     again, _ = fresh[0].pooled.get(item)
     assert reads == [] and torch.equal(first, again)
     files[0].write_bytes(files[0].read_bytes()[:40])  # truncated
+    frame_store._PROCESS_VECTORS.clear()
     _, fresh, _ = frames_and_rows(cfg, corpus)
     rebuilt, _ = fresh[0].pooled.get(item)
     assert reads == [item["utt_id"]] and torch.equal(first, rebuilt)

@@ -116,6 +116,7 @@ class EmotionDataset(Dataset):
         waveforms: Optional[Sequence[np.ndarray]] = None,
     ):
         self.df = df.reset_index(drop=True)
+        self.rows = self.df.to_dict("records")  # row access without pandas indexing on every item
         self.waveforms = waveforms  # in-memory audio (row i: waveforms[i], mono at cfg.data.sample_rate) instead of paths
         self.cfg = cfg
         self.labels = list(labels)
@@ -173,7 +174,7 @@ class EmotionDataset(Dataset):
         start = int(self._rng(idx).integers(0, n - max_n + 1)) if self.training else 0
         return start, start + max_n
 
-    def _audio(self, idx: int, row: pd.Series) -> dict[str, Any]:
+    def _audio(self, idx: int, row: dict[str, Any]) -> dict[str, Any]:
         seconds = self.cfg.data.max_train_seconds if self.training else self.cfg.data.max_eval_seconds
         cached = self.cached.get("audio")
         speed = self.speed_factor(idx)
@@ -203,7 +204,7 @@ class EmotionDataset(Dataset):
         return {"wav": wav[start:stop]}
 
     def __getitem__(self, idx: int) -> Optional[dict[str, Any]]:
-        row = self.df.iloc[idx]
+        row = self.rows[idx]
         item: dict[str, Any] = {"index": idx, "utt_id": str(row["utt_id"]), "text": str(row.get("text", "") or "")}
         if self.needs_audio:
             try:

@@ -5,7 +5,9 @@ fraction of the machine's memory, shared by the local ranks of a torchrun job); 
 `PooledStore` serves the pooled vector of a parameter-free pooling (`Pooler`: the model's own map from frames to the
 head's input) of every clip and speed-perturbed copy, computed once from the frames, kept in memory and on disk beside
 them (root/<encoder>/pooled-<sha256(pooler id)[:16]>/<key[:2]>/<key>.npy, written atomically; a damaged file is
-recomputed), so later epochs, folds and runs read a vector instead of the frames. Both only read: FeatureCache.ensure
+recomputed), so later epochs, folds and runs read a vector instead of the frames. Within a run an item is looked up by
+its path and speed (no stat or hash per read); vectors read once are shared by the runs of one process (train_cv's
+folds), under the cache's full key (file identity included). Both only read: FeatureCache.ensure
 fills the frames as before, and nothing here changes what a batch holds beyond replacing frames by their pooled vector.
 """
 
@@ -27,6 +29,13 @@ from fusion_ser.encoders.base import Encoder
 from fusion_ser.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
+
+_PROCESS_VECTORS: dict[tuple[str, str], tuple[torch.Tensor, int]] = {}  # (pooled dir, cache key) -> vector, T
+
+
+def read_key(item: dict[str, Any]) -> tuple:
+    """An item's identity within one run (its path or text, speed and options), without touching the file."""
+    return tuple(sorted((k, str(v)) for k, v in item.items() if k != "utt_id"))
 
 
 @dataclass
@@ -62,7 +71,7 @@ class FrameMemory:
 
     def get(self, cache: FeatureCache, encoder: Encoder, item: dict[str, Any]) -> torch.Tensor:
         """The frames of `item` from memory, else from the cache (kept in memory when they fit the budget)."""
-        key = cache.item_key(item)
+        key = read_key(item)
         frames = self._frames.get(key)
         if frames is not None:
             return frames
@@ -86,7 +95,7 @@ class PooledStore:
         self.encoder = encoder
         self.pooler = pooler
         self._dir: Optional[Path] = None
-        self._vectors: dict[str, tuple[torch.Tensor, int]] = {}
+        self._vectors: dict[tuple, tuple[torch.Tensor, int]] = {}
 
     @property
     def directory(self) -> Path:
@@ -102,19 +111,21 @@ class PooledStore:
 
     def get(self, item: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """(pooled vector of the whole cached clip, its number of frames T) of `item`, computed once."""
-        key = self.cache.item_key(item)
-        hit = self._vectors.get(key)
+        quick = read_key(item)
+        hit = self._vectors.get(quick)
         if hit is not None:
             return hit
+        key = self.cache.item_key(item)
+        shared = (str(self.directory), key)
         path = self.directory / key[:2] / f"{key}.npy"
-        hit = self._read(path)
+        hit = _PROCESS_VECTORS.get(shared) or self._read(path)
         if hit is None:
             frames = self.cache.get(self.encoder, item)
             hit = (self.pool(frames), int(frames.shape[-2]))
             buf = io.BytesIO()
             np.save(buf, np.concatenate([[float(hit[1])], hit[0].numpy()]).astype(np.float32), allow_pickle=False)
             atomic_write_bytes(path, buf.getvalue())
-        self._vectors[key] = hit
+        self._vectors[quick] = _PROCESS_VECTORS[shared] = hit
         return hit
 
     @staticmethod
