@@ -242,3 +242,24 @@ def test_text_train_and_predict_with_two_turns_of_context(tiny_bert, tmp_path):
     assert np.allclose(probs, again[cols].to_numpy(), atol=1e-5)
     with pytest.raises(fusion_ser.predict.PredictError, match="context: 1 lists of earlier turns for 20 inputs"):
         fusion_ser.load(run.path, device="cpu", transcriber=transcriber).predict(clips, context=[[]])
+
+
+def test_the_attention_model_reads_the_context_on_its_text_side(tiny_bert):
+    from fusion_ser.data.dataset import EmotionDataset, collate
+    from fusion_ser.models.factory import build_model
+
+    torch.manual_seed(0)
+    cfg = load_config(None, ["modality=both", "audio_encoder.type=fbank", "audio_encoder.finetune=full",
+                             "audio_encoder.hidden_dim=16", "audio_encoder.n_mels=20", "fusion.dim=16",
+                             "fusion.heads=2", f"text_encoder.name_or_path={tiny_bert}", "text_encoder.context_turns=2",
+                             "text_encoder.lora.r=2", "head.hidden_dim=8"])
+    df = with_context(toy_conversations(), 2)[lambda d: d["utt_id"].isin(["a2", "a5"])].reset_index(drop=True)
+    wavs = [np.sin(np.linspace(0, 200, 4000)).astype(np.float32)] * len(df)
+    model = build_model(cfg, ["anger", "sadness"]).eval()
+    batch = collate([EmotionDataset(df, cfg, ["anger", "sadness"], training=False, waveforms=wavs)[i]
+                     for i in range(len(df))])
+    assert batch["context"] == ["Rachel: hi | how are you", "Ross: we were on a break | Rachel: no we were not"]
+    with torch.no_grad():
+        with_ctx = model(batch).logits
+        without = model({k: v for k, v in batch.items() if k != "context"}).logits
+    assert not torch.allclose(with_ctx, without)
