@@ -25,15 +25,17 @@ from tests.test_ddp import _free_port, _run_torchrun
 from tests.test_trainer import make_corpus, save_tiny_ssl
 
 PROBES = str(Path(__file__).with_name("ddp_probes.py"))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+# CPU ranks see no GPU, so a GPU machine runs them as here (with a GPU the ranks would each claim cuda:LOCAL_RANK)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def torchrun(tmp_path: Path, nproc: int, *args: str, timeout: float = 240) -> list[dict]:
-    """Run a probe on `nproc` CPU ranks; every rank's record, in rank order."""
+def torchrun(tmp_path: Path, nproc: int, *args: str, timeout: float = 240, gpus: bool = False) -> list[dict]:
+    """Run a probe on `nproc` ranks (CPU only unless `gpus`); every rank's record, in rank order."""
     out = tmp_path / "probe_out"
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={_free_port()}",
            PROBES, *args, str(out)]
-    proc = _run_torchrun(cmd, ENV, timeout=timeout, log_dir=tmp_path)
+    env = {k: v for k, v in ENV.items() if k != "CUDA_VISIBLE_DEVICES" or not gpus}
+    proc = _run_torchrun(cmd, env, timeout=timeout, log_dir=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc) if (out / f"rank{r}.json").exists()]
 
