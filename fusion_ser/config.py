@@ -27,10 +27,22 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class ManifestSource:
+    """One corpus of a multi-corpus training (data.manifests): its manifest, its name, labels renamed on reading."""
+
+    path: str = ""
+    corpus: Optional[str] = None  # None: the manifest file's stem
+    label_map: dict = field(default_factory=dict)  # e.g. {calm: neutral}; a label mapped to "" leaves the rows out
+
+
+@dataclass
 class DataConfig:
     """Which rows of the manifest are used and how audio is prepared."""
 
     manifest: Optional[str] = None
+    # several corpora instead of one manifest: their rows concatenated with a `corpus` column
+    manifests: list[ManifestSource] = field(default_factory=list)
+    corpus_sampling: Literal["proportional", "balanced"] = "proportional"  # balanced: each corpus equally often
     labels: Optional[list[str]] = None  # None: the labels present in the train split, sorted
     attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES))
     attribute_range: list[float] = field(default_factory=lambda: [1.0, 7.0])
@@ -49,7 +61,8 @@ class AudioEncoderConfig:
 
     type: Literal["hf", "ct2_whisper", "fbank"] = "ct2_whisper"
     name_or_path: Optional[str] = None  # None: the offline default of the type
-    finetune: Literal["frozen", "full", "top_n"] = "frozen"
+    # lora: adapters on a frozen backbone (hf models; ct2_whisper through its PyTorch copy); the rest stays frozen
+    finetune: Literal["frozen", "full", "top_n", "lora"] = "frozen"
     trainable_layers: int = ranged(0, "[0, inf)")  # with finetune=top_n
     freeze_feature_encoder: bool = True  # the CNN front end of SSL models
     # last: the encoder's last layer only | weighted: learned softmax-weighted sum of all hidden states |
@@ -60,6 +73,8 @@ class AudioEncoderConfig:
     threads: int = ranged(1, "[0, inf)")  # CTranslate2 threads per encode call (0: torch's count; 1: fastest on a shared CPU)
     n_mels: int = ranged(80, "[1, inf)")  # fbank
     hidden_dim: int = ranged(256, "[1, inf)")  # fbank network width
+    # finetune=lora: SAIL's (Interspeech 2025) rank 16 on the feed-forward layers of the upper half of the layers
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=16, alpha=32, layers="upper_half"))
 
 
 @dataclass
@@ -68,6 +83,7 @@ class LoraConfig:
     alpha: int = ranged(16, "(0, inf)")
     dropout: float = ranged(0.1, "[0, 1)")
     target_modules: Optional[list[str]] = None  # None: per-architecture default
+    layers: Literal["all", "upper_half"] = "all"  # upper_half: only the targets in the upper half of the layers
 
 
 @dataclass
@@ -102,6 +118,9 @@ class HeadConfig:
     per_attribute: bool = False  # one head per attribute (the baseline trained one model per attribute)
     standardize_frames: bool = False  # frozen encoders: per-dimension standardisation of frames with train-set statistics
     standardize_pooled: bool = False  # standardise the pooled vector (BatchNorm without affine, running statistics)
+    # frozen encoders: standardise each clip's frames with the statistics of its speaker's or corpus's frames (at
+    # test time those of the unlabelled rows evaluated together; training statistics for a clip alone)
+    standardize: Literal["none", "corpus", "speaker"] = "none"
 
 
 @dataclass

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fusion_ser.adapt import adapt_predictor
 from fusion_ser.data.audio import load_audio, waveform
 from fusion_ser.data.schema import SAMPLE_RATE
 from fusion_ser.device import resolve_device
@@ -106,6 +107,7 @@ class Predictor(ABC):
         on_error: str = "raise",
         progress: Optional[Callable[[int], Any]] = None,
         context: Optional[Sequence[Sequence[str]]] = None,
+        adapt: bool = True,
     ) -> list[dict]:
         """One result dict per input: label, probabilities / attribute values, transcript, duration, timing.
 
@@ -118,7 +120,10 @@ class Predictor(ABC):
         `context`: one list per input of the turns said before it in its conversation (oldest first, "Name: text"
         where the speaker is known), read by models trained with text_encoder.context_turns > 0 (each keeps its
         last N) and ignored by the others.
+        `adapt`: models with head.standardize take their statistics from these inputs first (fusion_ser.adapt).
         """
+        if adapt:
+            adapt_predictor(self, inputs, batch_size=batch_size)
         return self._stream(inputs, batch_size, segment, on_error, progress, self._predict_batch, self._assemble,
                             context)
 

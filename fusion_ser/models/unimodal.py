@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from fusion_ser.encoders.base import Encoder
 from fusion_ser.encoders.build import build_encoder
 from fusion_ser.encoders.pooling import build_pooling
 from fusion_ser.encoders.text import pool_tokens
+from fusion_ser.models.domain import DomainStandardizer
 from fusion_ser.models.heads import build_head
 from fusion_ser.models.losses import build_criterion
 from fusion_ser.models.output import ModelOutput
@@ -48,7 +49,7 @@ class FrameStandardizer(nn.Module):
         self.mean.copy_(mean.to(self.mean))
         self.std.copy_(std.clamp(min=1e-5).to(self.std))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, utt_ids: Optional[Sequence[str]] = None) -> torch.Tensor:
         return (features - self.mean.to(features.dtype)) / self.std.to(features.dtype)
 
 
@@ -72,11 +73,14 @@ class UnimodalModel(nn.Module):
         self.head = build_head(cfg, self.pooling.output_dim, self.labels)
         self.criterion = build_criterion(cfg, len(self.labels))
         self.frame_norm = FrameStandardizer(self.encoder.output_dim) if cfg.head.standardize_frames else None
+        if cfg.head.standardize != "none":  # by speaker or corpus, the training statistics as fallback
+            self.frame_norm = DomainStandardizer(self.encoder.output_dim, cfg.head.standardize)
         self.pooled_norm = (nn.BatchNorm1d(self.pooling.output_dim, affine=False) if cfg.head.standardize_pooled
                             else None)
         if self.frame_norm is not None and not self.encoder.is_frozen:
-            raise ConfigError("head.standardize_frames needs a frozen encoder (train-set frame statistics would "
-                              "drift while the encoder trains); set it to false or freeze the encoder")
+            raise ConfigError("head.standardize_frames / head.standardize need a frozen encoder (frame statistics "
+                              "would drift while the encoder trains); set them off or freeze the encoder",
+                              options=("head.standardize",))
 
     @property
     def wants_statistics(self) -> bool:
@@ -132,7 +136,7 @@ class UnimodalModel(nn.Module):
             pooled = batch["pooled_audio"].float()
         else:
             enc = self.encoder(batch)
-            features = self.frame_norm(enc.features) if self.frame_norm is not None else enc.features
+            features = self.frame_norm(enc.features, batch.get("utt_id")) if self.frame_norm is not None else enc.features
             pooled = self.pooling(features, enc.mask)
         if self.pooled_norm is not None:
             pooled = self.pooled_norm(pooled)

@@ -8,7 +8,7 @@ waveforms held in memory, so prediction on new audio needs no temporary files.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,7 @@ from fusion_ser.data.sampler import BucketBatchSampler
 from fusion_ser.device import autocast, resolve_device, resolve_precision, to_device
 from fusion_ser.errors import FusionSerError
 from fusion_ser.models.output import ModelOutput
+from fusion_ser.training.domain import FrameMoments, accumulate_arrays, fit_domains, standardizer
 from fusion_ser.rundir import prediction_frame
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,8 @@ def _manifest_like(df: pd.DataFrame, cfg: Config, previous: Optional[Sequence[Se
 def _predict(runner: Runner, dataset: EmotionDataset, cfg: Config, stage: str, n_rows: int) -> pd.DataFrame:
     labels = model_labels(runner, cfg)
     width = len(cfg.data.attributes) if cfg.task == "attributes" else len(labels)
+    if stage != "predict":  # head.standardize: the statistics of these rows' speakers/corpora (predict: Predictor.adapt)
+        fit_domains(runner.module, dataset, cfg, runner.device)
     utt_ids, outputs, _, skipped = run_inference(runner, eval_loader(dataset, cfg), stage, cfg.task, width)
     skipped += n_rows - len(dataset)
     if skipped:
@@ -242,3 +245,26 @@ def embed_arrays(model: Union[nn.Module, Runner], utt_ids: Sequence[str], cfg: C
             out[str(uid)] = vec
     runner.module.train(was_training)
     return out
+
+
+def adapt_arrays(model: Union[nn.Module, Runner], batches: Iterable[Sequence[Optional[np.ndarray]]], cfg: Config,
+                 device: torch.device) -> int:
+    """head.standardize in predict: the statistics of the frames of every waveform the batches hold (None: an input
+    that could not be read), as one domain, installed for rows without a domain of their own (fewer than 2 usable
+    inputs: the training statistics). Returns the number of inputs used."""
+    runner = as_runner(model, cfg, device)
+    norm = standardizer(runner.module)
+    if norm is None:
+        return 0
+    moments = FrameMoments()
+    for batch in batches:
+        wavs = [w for w in batch if w is not None]
+        if wavs:
+            dataset, _ = _array_dataset(runner, [str(i) for i in range(len(wavs))], cfg, wavs, None)
+            accumulate_arrays(runner.module, dataset, cfg, runner.device, moments)
+    stats = moments.statistics("predict")
+    norm.set_current(*stats) if stats is not None else norm.set_current(None)
+    used = len(moments.clips.get("predict", []))
+    logger.info("%s statistics from %d input(s)%s", norm.mode, used,
+                "" if stats is not None else " (too few: the training statistics)")
+    return used

@@ -27,6 +27,8 @@ from fusion_ser.data.feature_cache import FeatureCache
 from fusion_ser.data.frame_store import FrameMemory, PooledStore, memory_budget
 from fusion_ser.data.folds import FoldError
 from fusion_ser.data.manifest import read_manifest
+from fusion_ser.data.sources import (COMBINED_MANIFEST, combine_manifests, corpus_name, sources_changes,
+                                     sources_provenance, write_combined)
 from fusion_ser.data.selection import NOT_ENCODED, UNREADABLE_AUDIO, RunData, load_run_data, refit_rows
 from fusion_ser.device import resolve_device, seed_everything
 from fusion_ser.evaluation.metrics import compute_metrics
@@ -90,6 +92,8 @@ def _resumable(run: RunDir, cfg: Config) -> bool:
         return False
     values, provenance = read_run_config(run.config_path)
     changed = _manifest_changes(run, provenance, str(cfg.data.manifest))
+    if cfg.data.manifests:  # every corpus must be the one the run started on
+        changed = sources_changes(provenance.get("manifests"), cfg.data.manifests) + changed
     if changed:
         raise TrainError(f"run '{run.path}' cannot be resumed on other data: {changed[0]}. Resume with the original "
                          "manifest, or train into a new output folder")
@@ -186,16 +190,31 @@ def _manifest_or_error(cfg: Config, manifest_path: Optional[str | Path]) -> str 
     return manifest_path
 
 
+def _sources(cfg: Config, manifest_path: Optional[str | Path]) -> tuple[Config, Optional[pd.DataFrame]]:
+    """With data.manifests: the config with their paths resolved, and their combined rows (else: cfg, None)."""
+    if not cfg.data.manifests:
+        return cfg, None
+    if manifest_path is not None or cfg.data.manifest:
+        raise TrainError("give either one manifest (data.manifest or --manifest) or several corpora in data.manifests, "
+                         "not both", options=("manifest",))
+    sources = [dataclasses.replace(m, path=str(Path(m.path).resolve()), corpus=corpus_name(m)) for m in cfg.data.manifests]
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, manifests=sources))
+    return cfg, combine_manifests(sources)
+
+
 def train_run(cfg: Config, manifest_path: Optional[str | Path], out_dir: str | Path,
               progress: Optional[Callback] = None, *, trainer_cls: type[Trainer] = Trainer) -> RunDir:
     """Train one model into `out_dir` (resuming it when unfinished) and write the complete run directory."""
+    run = RunDir(out_dir)
+    cfg, combined = _sources(cfg, manifest_path)
+    if combined is not None:  # data.manifests: the combined rows become the run's own manifest
+        manifest_path = run.path.resolve() / COMBINED_MANIFEST
     manifest_path = _manifest_or_error(cfg, manifest_path)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, manifest=str(Path(manifest_path).resolve())))
     dist = D.init_distributed()
-    run = RunDir(out_dir)
     resume = D.broadcast_object(_resumable(run, cfg) if dist.is_main else False, dist)
     seed_everything(cfg.seed)
-    data = load_run_data(cfg, manifest_path)
+    data = load_run_data(cfg, manifest_path, frame=combined)
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, data.labels, train_labels=data.train["label"].tolist())
     cached = feature_caches(model, cfg)
@@ -212,7 +231,11 @@ def train_run(cfg: Config, manifest_path: Optional[str | Path], out_dir: str | P
         if not resume:
             shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
             run.path.mkdir(parents=True, exist_ok=True)
-            write_run_config(run.config_path, dataclasses.asdict(cfg), manifest_provenance(manifest_path))
+            provenance = {}
+            if combined is not None:
+                write_combined(combined, manifest_path)
+                provenance["manifests"] = sources_provenance(cfg.data.manifests)
+            write_run_config(run.config_path, dataclasses.asdict(cfg), {**manifest_provenance(manifest_path), **provenance})
         write_dropped(run, info, data)
         run.write_info(info)
         if data.screen.dropped:
@@ -234,8 +257,9 @@ def train_run(cfg: Config, manifest_path: Optional[str | Path], out_dir: str | P
 
 def dry_run(cfg: Config, manifest_path: Optional[str | Path]) -> Plan:
     """The plan of `train_run(cfg, manifest)` without training or writing anything (see training/plan.py)."""
-    manifest_path = _manifest_or_error(cfg, manifest_path)
-    data = load_run_data(cfg, manifest_path)
+    cfg, combined = _sources(cfg, manifest_path)
+    manifest_path = "data.manifests" if combined is not None else _manifest_or_error(cfg, manifest_path)
+    data = load_run_data(cfg, manifest_path, frame=combined)
     model = build_model(cfg, data.labels, train_labels=data.train["label"].tolist())
     return make_plan(cfg, data, model, feature_caches(model, cfg), D.init_distributed().world_size)
 
