@@ -249,3 +249,21 @@ def test_transformers_whisper_backend_on_a_tiny_random_model(tmp_path):
     assert len(batch[1].split()) > len(batch[0].split())
     with pytest.raises(TranscribeError, match="needs a model"):
         get_transcriber("transformers")
+
+
+def test_short_window_gives_the_transcripts_of_whisper_padding(speech):
+    """Pieces padded to a 10 s window (the default) read as with Whisper's own 30 s padding and as faster-whisper's
+    plain `transcribe`, also batched together with a long clip (cut into 30 s pieces); the cache id tells them apart."""
+    short = get_transcriber(device="cpu", cpu_threads=1, beam_size=2)
+    full = get_transcriber(device="cpu", cpu_threads=1, beam_size=2, window_seconds=30)
+    long_clip = np.concatenate([speech["audios"][0], np.zeros(16000 * 26, np.float32), speech["audios"][2]])
+    clips = [*speech["audios"], long_clip]
+    fast, padded = short.transcribe_batch(clips), full.transcribe_batch(clips)
+    plain = [" ".join(s.text for s in full.model.transcribe(a, beam_size=2, language="en")[0]).strip()
+             for a in speech["audios"]]
+    assert [_norm(t) for t in fast] == [_norm(t) for t in padded], (fast, padded)
+    assert [_norm(t) for t in fast[:-1]] == [_norm(t) for t in plain], (fast, plain)
+    assert wer(SENTENCES[0] + " " + SENTENCES[2], fast[-1]) < 0.3, fast[-1]
+    assert short.cache_id() != full.cache_id()
+    with pytest.raises(TranscribeError, match="window_seconds"):
+        get_transcriber(device="cpu", window_seconds=45)
