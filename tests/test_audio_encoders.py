@@ -244,7 +244,7 @@ def test_ct2_whisper_batch_equals_single_clips_and_cache_id(whisper) -> None:
     assert "default" in cid and whisper.model_path in cid
     other = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", compute_type="int8", layers="last"))
     assert other.cache_id() != cid
-    with pytest.raises(ConfigError, match="always frozen"):
+    with pytest.raises(ConfigError, match="frozen or adapted with LoRA"):
         build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", finetune="full"))
 
 

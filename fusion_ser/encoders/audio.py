@@ -1,7 +1,7 @@
 """Audio encoder factory: build one of the three audio encoders from `AudioEncoderConfig`, or reload a saved one.
 
 `build_audio_encoder(cfg)` returns a Hugging Face SSL model, the CTranslate2 Whisper encoder, or log-mel + a small
-network. `AudioEncoder.save_pretrained(directory)` (encoders/base.py) records the type and options in
+network (fbank trains fully; LoRA needs hf or ct2_whisper). `AudioEncoder.save_pretrained(directory)` (encoders/base.py) records the type and options in
 `audio_encoder.json` and the trainable weights in `audio_encoder.safetensors`; `load_encoder(directory)` rebuilds
 the encoder from those files alone (frozen base weights are re-read from name_or_path).
 """
@@ -26,15 +26,20 @@ def build_audio_encoder(cfg: AudioEncoderConfig) -> Encoder:
     if cfg.type == "ct2_whisper":
         from fusion_ser.encoders.ct2_whisper import CT2WhisperEncoder
 
-        if cfg.finetune != "frozen":
-            raise ConfigError("audio_encoder.finetune: the ct2_whisper encoder is always frozen; use finetune=frozen "
-                              "or audio_encoder.type=hf to fine-tune")
+        if cfg.finetune not in ("frozen", "lora"):
+            raise ConfigError(f"audio_encoder.finetune: the ct2_whisper encoder is frozen or adapted with LoRA (through "
+                              f"its PyTorch copy), not '{cfg.finetune}'; use finetune=frozen or lora, or "
+                              "audio_encoder.type=hf to fine-tune a transformers checkpoint")
         return CT2WhisperEncoder(cfg)
     if cfg.type == "hf":
         from fusion_ser.encoders.hf_audio import HFAudioEncoder
 
         return HFAudioEncoder(cfg)
     from fusion_ser.encoders.fbank import FbankEncoder
+
+    if cfg.finetune == "lora":
+        raise ConfigError("audio_encoder.finetune: lora needs a pretrained encoder (type hf or ct2_whisper); the "
+                          "fbank network trains all its weights: use finetune=full")
 
     return FbankEncoder(cfg)
 

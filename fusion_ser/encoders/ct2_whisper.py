@@ -9,6 +9,10 @@ With `audio_encoder.layers` weighted or concat, every hidden state is needed and
 the same model.bin is then run by a PyTorch copy of the encoder (`whisper_torch.py`), the (L+1, T, D) stack is what the
 feature cache stores, and a learned softmax weighting over layers (weighted, trained at the head's rate) or the layers
 side by side (concat) give the frames.
+
+With `audio_encoder.finetune: lora` the PyTorch copy carries LoRA adapters (by default rank 16 on the feed-forward
+layers of the upper half, SAIL's recipe; `encoders/lora.py`) and trains, so the packaged offline model adapts its
+encoder on a CPU; nothing is cached then, and the adapters are saved with the encoder (and as a peft adapter).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from fusion_ser.data.schema import SAMPLE_RATE
 from fusion_ser.device import resolve_device
 from fusion_ser.encoders.base import (AudioEncoder, AudioEncoderError, EncoderOutput, cached_output, combine_layers,
                                       pad_frames, split_batch_audio)
+from fusion_ser.encoders.lora import add_lora, save_adapter
 from fusion_ser.encoders.whisper_torch import WhisperEncoderTorch, encoder_layer_count
 from fusion_ser.packaged import packaged_model_path
 
@@ -75,28 +80,33 @@ class CT2WhisperEncoder(AudioEncoder):
         self._model: Any = None
         self._extractor: Any = None
         self._dim: Optional[int] = None
-        self._torch: Optional[WhisperEncoderTorch] = None
-        self.stack_layers = cfg.layers != "last"
+        self._torch: Optional[nn.Module] = None
+        self.adapted = cfg.finetune == "lora"
+        self.stack_layers = cfg.layers != "last" or self.adapted
         self.num_layers = encoder_layer_count(self.model_path) if self.stack_layers else 0
         self.layer_weights: Optional[nn.Parameter] = None
         if cfg.layers == "weighted":
             self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1))
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # follows .to(device) for the PyTorch copy
+        if self.adapted:
+            self._torch = add_lora(WhisperEncoderTorch.from_ct2(self.model_path), cfg.lora, ["ffn_in", "ffn_out"],
+                                   "audio_encoder.lora")
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_model"] = None
         state["_extractor"] = None
-        state["_torch"] = None
+        if not self.adapted:  # the frozen copy is re-read from model.bin; an adapted one holds trained weights
+            state["_torch"] = None
         return state
 
     @property
     def is_frozen(self) -> bool:
-        """Whisper itself never trains (its frames can be cached); only the layer weights do, on top of the cache."""
-        return True
+        """Frozen unless adapted with LoRA (its frames can be cached); the layer weights train on top of the cache."""
+        return not self.adapted
 
     @property
-    def torch_encoder(self) -> WhisperEncoderTorch:
+    def torch_encoder(self) -> nn.Module:
         """The PyTorch copy of the encoder that yields every layer, loaded on first use on the weights' device."""
         if self._torch is None:
             self._torch = WhisperEncoderTorch.from_ct2(self.model_path)
@@ -140,7 +150,16 @@ class CT2WhisperEncoder(AudioEncoder):
             return self._dim * (self.num_layers + 1)
         return self._dim
 
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """The encoder as every audio encoder saves it, plus (finetune=lora) the peft adapter in `adapter/`."""
+        out = super().save_pretrained(directory)
+        if self.adapted:
+            save_adapter(self.torch_encoder, out / "adapter")
+        return out
+
     def cache_id(self) -> Optional[str]:
+        if self.adapted:
+            return None
         base = f"ct2_whisper|{Path(self.model_path).resolve()}|{model_hash(self.model_path)}"
         if self.stack_layers:  # the PyTorch path in float32: CTranslate2's compute type plays no part
             return base + "|stack=all_layers"
@@ -164,22 +183,28 @@ class CT2WhisperEncoder(AudioEncoder):
         """Encoder frames (T, D) float32 of one unpadded 16 kHz clip (the last layer, through CTranslate2)."""
         return self.encode_mel(self.log_mel(wav))
 
-    def hidden_states(self, wav: np.ndarray) -> torch.Tensor:
-        """(L+1, T, D) float32 hidden states of one unpadded 16 kHz clip, 30 s of log-mel at a time."""
+    def hidden_states(self, wav: np.ndarray, *, grad: bool = False) -> torch.Tensor:
+        """(L+1, T, D) float32 hidden states of one unpadded 16 kHz clip, 30 s of log-mel at a time (on the
+        encoder's device, with gradients when `grad`: LoRA training)."""
         mel = self.log_mel(wav)
         enc = self.torch_encoder
         device = enc.positions.device
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             chunks = [torch.stack(enc(torch.from_numpy(c).to(device)), dim=1)[0] for c in mel_chunks(mel)]
-        return torch.cat(chunks, dim=1).cpu()
+        out = torch.cat(chunks, dim=1)
+        return out if grad else out.cpu()
 
     def _frames(self, wav: np.ndarray) -> torch.Tensor:
+        if self.adapted:
+            return self.hidden_states(wav, grad=self.training and torch.is_grad_enabled())
         if self.stack_layers:
             return self.hidden_states(wav)
         return torch.from_numpy(self.encode_waveform(wav))
 
     def _combine(self, features: torch.Tensor) -> torch.Tensor:
         """(B, L+1, T, D) stack -> (B, T, D') frames as audio_encoder.layers says; (B, T, D) passes through."""
+        if self.config.layers == "last" and features.dim() == 4:  # an adapted encoder's stack, read at its top
+            return features[:, -1]
         return combine_layers(features, self.layer_weights, self.config.layers)
 
     def encode_for_cache(self, sample: dict[str, Any]) -> torch.Tensor:

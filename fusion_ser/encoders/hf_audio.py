@@ -1,7 +1,9 @@
 """Hugging Face self-supervised speech models (WavLM, wav2vec2, HuBERT, data2vec-audio, w2v-BERT 2.0) as encoders.
 
-Loaded by name or local path through `AutoModel.from_pretrained`. The CNN feature encoder can stay frozen, the
-transformer is frozen, fully fine-tuned or trained in its top N layers only; the output is, as `audio_encoder.layers`
+Loaded by name or local path through `AutoModel.from_pretrained`; a Whisper checkpoint contributes its encoder
+(log-mel input padded to Whisper's 30 s window, so a clip is read in its first 30 s). The CNN feature encoder can stay
+frozen, the transformer is frozen, fully fine-tuned, trained in its top N layers only, or adapted with LoRA (by
+default rank 16 on the feed-forward layers of the upper half, as SAIL did; `encoders/lora.py`); the output is, as `audio_encoder.layers`
 says, the last layer, a learned softmax-weighted sum of all hidden states, or all of them side by side. Frame masks
 come from the model's own length formula, and the attention mask is passed only where Hugging Face says the model
 wants it (layer-norm feature encoders; group-norm models were trained on zero-padded input without one). When the
@@ -25,6 +27,12 @@ from fusion_ser.config import AudioEncoderConfig, ConfigError
 from fusion_ser.data.schema import SAMPLE_RATE
 from fusion_ser.encoders.base import (AudioEncoder, AudioEncoderError, EncoderOutput, cached_output, combine_layers,
                                       split_batch_audio)
+from fusion_ser.encoders.lora import add_lora, save_adapter
+
+# feed-forward projections of each family, the default LoRA targets: wav2vec2 / WavLM / HuBERT / data2vec-audio /
+# w2v-BERT name them intermediate_dense / output_dense, Whisper fc1 / fc2
+LORA_FEED_FORWARD = {"whisper": ["fc1", "fc2"]}
+LORA_FEED_FORWARD_DEFAULT = ["intermediate_dense", "output_dense"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +79,11 @@ class HFAudioEncoder(AudioEncoder):
             raise AudioEncoderError(f"audio_encoder.name_or_path: cannot load '{cfg.name_or_path}' ({e}); "
                                     "give a local folder written by save_pretrained or a reachable hub name") from e
         mcfg = self.backbone.config
-        if getattr(mcfg, "is_encoder_decoder", False) or not hasattr(self.backbone, "_get_feat_extract_output_lengths"):
+        self.whisper = getattr(mcfg, "model_type", "") == "whisper"
+        if self.whisper and hasattr(self.backbone, "get_encoder"):
+            self.backbone = self.backbone.get_encoder()  # the audio encoder alone: the decoder plays no part
+        if (getattr(mcfg, "is_encoder_decoder", False) and not self.whisper) or not hasattr(
+                self.backbone, "_get_feat_extract_output_lengths"):
             raise AudioEncoderError(f"audio_encoder.name_or_path: '{cfg.name_or_path}' ({type(self.backbone).__name__}) "
                                     "is not a self-supervised speech encoder (WavLM, wav2vec2, HuBERT, data2vec-audio, "
                                     "w2v-BERT); for Whisper use audio_encoder.type=ct2_whisper")
@@ -94,13 +106,19 @@ class HFAudioEncoder(AudioEncoder):
             # LayerDrop skips layers in training, which drops their hidden states and breaks the weighted sum / concat.
             log.info("layers=%s: turning off LayerDrop (%.2f) of %s", cfg.layers, mcfg.layerdrop, cfg.name_or_path)
             mcfg.layerdrop = 0.0
-        self._set_trainable(cfg)
         if cfg.gradient_checkpointing and cfg.finetune != "frozen":
             enable = getattr(self.backbone, "activation_checkpointing_enable", None)
-            (enable or self.backbone.gradient_checkpointing_enable)()
+            # non-reentrant: the frozen input carries no gradient, and LoRA's weights inside must still get theirs
+            kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}} if cfg.finetune == "lora" else {}
+            (enable or self.backbone.gradient_checkpointing_enable)(**kwargs)
+        self._set_trainable(cfg)
 
     def _set_trainable(self, cfg: AudioEncoderConfig) -> None:
         """Freeze or unfreeze backbone parameters according to finetune / trainable_layers / freeze_feature_encoder."""
+        if cfg.finetune == "lora":
+            targets = LORA_FEED_FORWARD.get(self.backbone.config.model_type, LORA_FEED_FORWARD_DEFAULT)
+            self.backbone = add_lora(self.backbone, cfg.lora, targets, "audio_encoder.lora")
+            return
         self.backbone.requires_grad_(cfg.finetune == "full")
         if cfg.finetune == "top_n":
             layers = getattr(getattr(self.backbone, "encoder", None), "layers", None)
@@ -135,6 +153,13 @@ class HFAudioEncoder(AudioEncoder):
             self.backbone.eval()
         return self
 
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """The encoder as every audio encoder saves it, plus (finetune=lora) the peft adapter in `adapter/`."""
+        out = super().save_pretrained(directory)
+        if self.config.finetune == "lora":
+            save_adapter(self.backbone, out / "adapter")
+        return out
+
     def cache_id(self) -> Optional[str]:
         if not self.is_frozen:
             return None
@@ -160,7 +185,9 @@ class HFAudioEncoder(AudioEncoder):
                                             < lengths[:, None]).long()
             return inputs, lengths
         clips = split_batch_audio({"wav": wav, "wav_lengths": lengths})
-        feats = self.extractor(clips, sampling_rate=SAMPLE_RATE, padding=True, return_attention_mask=True,
+        # Whisper's encoder takes exactly its 30 s window of log-mel frames; the others the batch's longest clip
+        padding = "max_length" if self.whisper else True
+        feats = self.extractor(clips, sampling_rate=SAMPLE_RATE, padding=padding, return_attention_mask=True,
                                return_tensors="pt")
         mask = feats["attention_mask"].to(wav.device)
         inputs = {self.input_name: feats[self.input_name].to(wav.device, wav.dtype), "attention_mask": mask}
@@ -176,6 +203,9 @@ class HFAudioEncoder(AudioEncoder):
             features = out.last_hidden_state
         frames = features.shape[-2]
         out_lengths = self.backbone._get_feat_extract_output_lengths(in_lengths).clamp(max=frames)
+        if self.whisper:  # the frames of the 30 s window past the longest clip are padding: drop them
+            frames = int(out_lengths.max())
+            features = features[..., :frames, :]
         mask = torch.arange(frames, device=features.device)[None, :] < out_lengths[:, None].to(features.device)
         return features, mask
 

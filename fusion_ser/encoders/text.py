@@ -19,6 +19,7 @@ import torch
 from fusion_ser.config import LoraConfig, TextEncoderConfig, choices
 from fusion_ser.device import resolve_precision
 from fusion_ser.encoders.base import Encoder, EncoderOutput
+from fusion_ser.encoders.lora import select_targets
 from fusion_ser.errors import FusionSerError
 from fusion_ser.packaged import packaged_model_path
 
@@ -174,6 +175,8 @@ class HFTextEncoder(Encoder):
                                        "weights must be safetensors: re-save the model") from e
         lc: LoraConfig = self.cfg.lora
         targets = lc.target_modules or default_lora_targets(backbone, self.model_type)
+        if lc.layers != "all":  # the targets inside the upper half of the layer stack, by full name
+            targets = select_targets(backbone, list(targets), lc.layers, "text_encoder.lora")
         peft_cfg = peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets, bias="none")
         try:
             model = peft.get_peft_model(backbone, peft_cfg)
