@@ -56,7 +56,8 @@ def test_torchrun_two_processes_gloo(tmp_path) -> None:
               "train.report=false"]
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("seed: 1\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    # CPU processes (gloo) even on a GPU machine: with CUDA visible every rank would claim cuda:LOCAL_RANK
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
            "-m", "fusion_ser.cli.main", "train", "-c", str(cfg), "--manifest", str(manifest), "-o", str(tmp_path / "ddp"),
            *common, "train.batch_size=4"]  # 2 ranks x 4 = the single run's batch of 8
@@ -102,7 +103,8 @@ def test_a_rank_whose_whole_batch_is_unreadable_does_not_hang_the_others(tmp_pat
     model = save_tiny_ssl("wavlm", tmp_path / "wavlm")
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("seed: 1\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    # CPU processes (gloo) even on a GPU machine: with CUDA visible every rank would claim cuda:LOCAL_RANK
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
            "-m", "fusion_ser.cli.main", "train", "-c", str(cfg), "--manifest", str(manifest), "-o", str(tmp_path / "ddp"),
            "audio_encoder.type=hf", f"audio_encoder.name_or_path={model}", "audio_encoder.finetune=full",
