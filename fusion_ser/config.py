@@ -36,6 +36,16 @@ class ManifestSource:
 
 
 @dataclass
+class TextColumns:
+    """The manifest column each split's text comes from: e.g. human transcripts (`text`) to train on and Whisper's
+    (`asr_text`, from `fusion-ser transcribe --column asr_text`) for dev and test, as the model meets ASR output."""
+
+    train: str = "text"
+    dev: str = "text"
+    test: str = "text"
+
+
+@dataclass
 class DataConfig:
     """Which rows of the manifest are used and how audio is prepared."""
 
@@ -53,6 +63,7 @@ class DataConfig:
     max_eval_seconds: float = ranged(60.0, "(0, inf)")  # longer clips are evaluated in their first N seconds
     min_seconds: float = ranged(0.1, "[0, inf)")
     speed_perturb: list[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]: one per clip and epoch, train only
+    text_columns: TextColumns = field(default_factory=TextColumns)  # text and attention models: the text of each split
 
 
 @dataclass

@@ -34,12 +34,16 @@ from fusion_ser.transcribe.runner import TranscribeSummary, rows_to_transcribe
 @click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, help="Clips decoded together.")
 @click.option("--overwrite", is_flag=True, help="Replace existing (human) transcripts too.")
+@click.option("--column", default="text", show_default=True,
+              help="Column the transcripts go to; e.g. asr_text keeps the human `text` beside Whisper's, so a config "
+                   "can train on one and test on the other (data.text_columns).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Transcript cache folder; default: ~/.cache/fusion-ser/transcripts.")
 @handle_errors
 def command(manifest: str, output: str, backend: str, model: str | None, beam_size: int, language: str | None,
-            vad: bool, compute_type: str, device: str, batch_size: int, overwrite: bool, cache_dir: str | None) -> None:
-    """Fill the text column of MANIFEST with transcripts; human transcripts are kept unless --overwrite."""
+            vad: bool, compute_type: str, device: str, batch_size: int, overwrite: bool, column: str,
+            cache_dir: str | None) -> None:
+    """Fill the text column (or --column) of MANIFEST with transcripts; human transcripts are kept unless --overwrite."""
     df = read_manifest(manifest)
     options = {"device": device, "beam_size": beam_size, "language": language, "batch_size": batch_size}
     if backend == "faster-whisper":
@@ -48,7 +52,7 @@ def command(manifest: str, output: str, backend: str, model: str | None, beam_si
         options.pop("batch_size")
     dist = D.init_distributed()
     try:
-        summary = _transcribe(df, output, backend, model, options, overwrite, batch_size, cache_dir, dist)
+        summary = _transcribe(df, output, backend, model, options, overwrite, batch_size, cache_dir, dist, column)
     finally:
         D.cleanup(dist)
     if dist.is_main:
@@ -63,11 +67,11 @@ def _rank_device(device: str, dist: D.DistInfo) -> str:
 
 
 def _transcribe(df: pd.DataFrame, output: str, backend: str, model: str | None, options: dict, overwrite: bool,
-                batch_size: int, cache_dir: str | None, dist: D.DistInfo) -> TranscribeSummary:
+                batch_size: int, cache_dir: str | None, dist: D.DistInfo, column: str = "text") -> TranscribeSummary:
     """Transcribe this rank's share (all rows in a single process); rank 0 writes the manifest."""
     options["device"] = _rank_device(options["device"], dist)
     cache = TranscriptCache(cache_dir)
-    todo = len(rows_to_transcribe(df, overwrite))
+    todo = len(rows_to_transcribe(df, overwrite, column))
     mine = len(D.shard(range(todo), dist))
     transcriber = get_transcriber(backend, model, **options) if todo else None
     with tqdm(total=mine, unit="clip", desc="transcribe", disable=mine == 0 or not dist.is_main) as bar:
@@ -82,7 +86,7 @@ def _transcribe(df: pd.DataFrame, output: str, backend: str, model: str | None, 
 
         if transcriber is not None:
             df, summary = transcribe_frame(df, transcriber, cache, overwrite=overwrite, batch_size=batch_size,
-                                           progress=progress, dist=dist)
+                                           progress=progress, dist=dist, column=column)
         else:
             summary = TranscribeSummary(kept=len(df))
     cache.close()

@@ -131,6 +131,27 @@ def _label_reasons(rows: pd.DataFrame, labels: list[str], dropped: DroppedRows, 
     dropped.add(split, UNKNOWN_LABEL, utt[(label != "") & ~non_class].tolist())
 
 
+def choose_text(df: pd.DataFrame, cfg: Config, source: str) -> pd.DataFrame:
+    """`df` with each row's `text` taken from the column data.text_columns names for its split (human transcripts to
+    train, ASR for dev/test...)."""
+    columns = dataclasses.asdict(cfg.data.text_columns)
+    if all(c == "text" for c in columns.values()):
+        return df
+    missing = sorted({c for c in columns.values() if c not in df.columns})
+    if missing:
+        raise SelectionError(f"{source}: data.text_columns names column(s) {missing} that the manifest does not have "
+                             f"(it has {[c for c in df.columns if 'text' in c]}); write ASR transcripts beside the "
+                             f"human ones with `fusion-ser transcribe {source} --column {missing[0]} -o <out.csv>`")
+    out = df.copy()
+    split = out["split"].astype(str)
+    for s, col in columns.items():
+        if col != "text":
+            rows = split == s
+            out.loc[rows, "text"] = out.loc[rows, col].fillna("").astype(str)
+    logger.info("%s: text per split from %s", source, ", ".join(f"{s}: {c}" for s, c in columns.items()))
+    return out
+
+
 def split_rows(df: pd.DataFrame, cfg: Config, source: str, dropped: Optional[DroppedRows] = None,
                ) -> tuple[list[str], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Train/dev/test rows usable for cfg.task; raises naming what is missing when train or dev is empty.
@@ -139,6 +160,8 @@ def split_rows(df: pd.DataFrame, cfg: Config, source: str, dropped: Optional[Dro
     dropped = dropped if dropped is not None else DroppedRows()
     if cfg.data.fold is not None:
         df = apply_fold(df, cfg.data.fold)
+    if cfg.modality in ("text", "both"):
+        df = choose_text(df, cfg, source)  # before the context, so earlier turns come from the same transcripts
     if cfg.modality in ("text", "both") and cfg.text_encoder.context_turns > 0:
         df = with_context(df, cfg.text_encoder.context_turns)  # from every row with text, before any is left out
     split = df["split"].astype(str)

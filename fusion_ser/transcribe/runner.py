@@ -49,31 +49,33 @@ def _has_text(value: object) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def rows_to_transcribe(df: pd.DataFrame, overwrite: bool) -> list[int]:
-    """Positions of rows whose text will come from the recognizer (all with overwrite, else those without text)."""
-    texts = df["text"] if "text" in df.columns else pd.Series([""] * len(df))
+def rows_to_transcribe(df: pd.DataFrame, overwrite: bool, column: str = "text") -> list[int]:
+    """Positions of rows whose `column` will come from the recognizer (all with overwrite, else those without one)."""
+    texts = df[column] if column in df.columns else pd.Series([""] * len(df))
     return [i for i, t in enumerate(texts) if overwrite or not _has_text(t)]
 
 
 def transcribe_frame(df: pd.DataFrame, transcriber: Transcriber, cache: Optional[TranscriptCache] = None, *,
                      overwrite: bool = False, batch_size: int = 8, min_seconds: float = 0.1,
                      progress: Optional[Progress] = None,
-                     dist: Optional[D.DistInfo] = None) -> tuple[pd.DataFrame, TranscribeSummary]:
-    """Return a copy of the manifest frame with `text` filled, and a summary (transcribed/cached/kept/failed, RTF).
+                     dist: Optional[D.DistInfo] = None, column: str = "text") -> tuple[pd.DataFrame, TranscribeSummary]:
+    """Return a copy of the manifest frame with `column` (default `text`) filled, and a summary
+    (transcribed/cached/kept/failed, RTF). Another column (e.g. `asr_text`) keeps the human `text` beside the ASR
+    transcript, so training can read one and testing the other (`data.text_columns`).
 
     With `dist` of a world > 1 this rank handles `distributed.shard` of the rows to transcribe, then the ranks
     exchange their texts, so each returns the same whole frame and the summary of all ranks.
     """
     out = df.copy()
-    if "text" not in out.columns:
-        out["text"] = ""
-    out["text"] = out["text"].where(out["text"].map(_has_text), "").astype(str)
-    todo = rows_to_transcribe(out, overwrite)
+    if column not in out.columns:
+        out[column] = ""
+    out[column] = out[column].where(out[column].map(_has_text), "").astype(str)
+    todo = rows_to_transcribe(out, overwrite, column)
     summary = TranscribeSummary(kept=len(out) - len(todo))
     if dist is not None and dist.enabled:
         todo = D.shard(todo, dist)
     tid = transcriber.cache_id()
-    col = out.columns.get_loc("text")
+    col = out.columns.get_loc(column)
 
     pending = []
     for i in todo:
