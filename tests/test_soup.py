@@ -25,11 +25,12 @@ def members(corpus, tiny_text_model, tmp_path_factory):
         "audio": [_train(corpus, root / f"a{s}", [*FBANK, f"seed={s}"]) for s in (0, 1)],
         "text": [_train(corpus, root / f"t{s}", [*text, f"seed={s}"]) for s in (0, 1)],
         "wide": _train(corpus, root / "wide", [*FBANK, "head.hidden_dim=48"]),
+        "refit": [_train(corpus, root / f"r{s}", [*FBANK, f"seed={s}", "train.refit_on_dev=true"]) for s in (0, 1)],
     }
 
 
-def _weights(run) -> dict[str, np.ndarray]:
-    model, _, _ = load_model(RunDir(run).model_dir)
+def _weights(run, folder: str = "model") -> dict[str, np.ndarray]:
+    model, _, _ = load_model(RunDir(run).path / folder)
     return {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
 
 
@@ -80,3 +81,22 @@ def test_average_state_dicts_keeps_counters_and_checks_shapes():
     assert out["w"].tolist() == [2.0, 4.0] and out["n"].item() == 3 and out["n"].dtype == torch.int64
     with pytest.raises(FusionError, match="shape"):
         average_state_dicts([s1, {"w": torch.zeros(3), "n": torch.tensor(3)}], ["a", "b"])
+
+
+def test_soup_of_refit_runs_scores_dev_with_the_dev_selected_soup(members, corpus, tmp_path):
+    from fusion_ser.data.manifest import read_manifest
+    from fusion_ser.training.inference import predict_frame
+
+    runs = members["refit"]
+    res = ensemble_runs(runs, tmp_path / "soup", method="soup")
+    for folder in ("model", "model_dev_selected"):
+        a, b, soup = _weights(runs[0], folder), _weights(runs[1], folder), _weights(res.path, folder)
+        for k in soup:
+            np.testing.assert_allclose(soup[k], (a[k] + b[k]) / 2, rtol=1e-6, atol=1e-7, err_msg=f"{folder}/{k}")
+    dev_model, cfg, labels = load_model(RunDir(res.path).path / "model_dev_selected")
+    df = read_manifest(corpus)
+    dev = df[df["split"] == "dev"].reset_index(drop=True)
+    expect = predict_frame(dev_model, dev, cfg, torch.device("cpu"), stage="dev").set_index("utt_id")
+    got = RunDir(res.path).read_predictions("dev").set_index("utt_id").loc[expect.index]
+    np.testing.assert_allclose(got[prob_columns(labels)].to_numpy(), expect[prob_columns(labels)].to_numpy(), atol=1e-6)
+    assert RunDir(res.path).read_info().extra["dev_model"] == "model_dev_selected"

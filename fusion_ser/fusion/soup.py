@@ -3,7 +3,9 @@
 Runs trained from one recipe with different seeds (or learning rates) are averaged tensor by tensor into one model,
 so predicting costs one forward pass instead of one per member (Wortsman et al., 2022, "uniform soup"). The result
 is a trained run (kind "model") like any other: `fusion_ser.load`, `predict`, `embed` and `export-onnx` read it.
-Its run.json lists the members and its dev/test predictions come from the souped model on the members' rows.
+Its run.json lists the members and its dev/test predictions come from the souped model on the members' rows. Members
+refit on train+dev (train.refit_on_dev) also hold their dev-selected model: those are souped too and give the dev
+predictions, so dev figures are never those of a model trained on dev.
 """
 
 from __future__ import annotations
@@ -79,6 +81,14 @@ def _check_members(members: list[Member]) -> None:
                               f"({members[0].info.labels} vs {m.info.labels}); a soup needs the same class order")
 
 
+def _soup(members: list[Member], folder: str) -> tuple[torch.nn.Module, object, list[str]]:
+    """The model whose weights are the mean of the members' `folder` models (model/ or model_dev_selected/)."""
+    loaded = [load_model(m.path / folder) for m in members]
+    model, cfg, labels = loaded[0]
+    model.load_state_dict(average_state_dicts([mdl.state_dict() for mdl, _, _ in loaded], [m.name for m in members]))
+    return model.eval(), cfg, labels
+
+
 def soup_runs(runs: list[Union[str, Path]], out_dir: Union[str, Path], *, seed: int = 0,
               force: bool = False) -> CombinedRun:
     """Average trained runs of one architecture into one model and write it as a trained run in `out_dir`."""
@@ -88,10 +98,9 @@ def soup_runs(runs: list[Union[str, Path]], out_dir: Union[str, Path], *, seed: 
     members = open_members(runs)
     _check_members(members)
     names = [m.name for m in members]
-    loaded = [load_model(m.path / "model") for m in members]
-    model, cfg, labels = loaded[0]
-    model.load_state_dict(average_state_dicts([mdl.state_dict() for mdl, _, _ in loaded], names))
-    model.eval()
+    model, cfg, labels = _soup(members, "model")
+    dev_selected = all((m.path / "model_dev_selected").is_dir() for m in members)
+    dev_model = _soup(members, "model_dev_selected")[0] if dev_selected else model
     manifest = members[0].manifest
     if not manifest or not Path(manifest).is_file():
         raise FusionError(f"run {names[0]} records no readable manifest ({manifest}); the soup's dev/test "
@@ -107,13 +116,17 @@ def soup_runs(runs: list[Union[str, Path]], out_dir: Union[str, Path], *, seed: 
                   "method": "soup", "members": info.members}
     write_run_config(rd.config_path, dict(members[0].config), provenance)
     save_model(model, cfg, labels, rd.model_dir)
+    if dev_selected:
+        save_model(dev_model, cfg, labels, rd.path / "model_dev_selected")
+        info.extra.update({"test_model": "refit_on_dev", "dev_model": "model_dev_selected"})
+        rd.write_info(info)
     cached = feature_caches(model, cfg)
     splits = [s for s in ("dev", "test") if all(s in RunDir(m.path).splits() for m in members)]
     metrics, member_metrics = {}, {n: {} for n in names}
     for split in splits:
         ids = RunDir(members[0].path).read_predictions(split)["utt_id"].astype(str)
         frame = rows.set_index("utt_id").loc[[u for u in ids if u in set(rows["utt_id"])]].reset_index()
-        pred = predict_frame(model, frame, cfg, cached=cached, stage=split)
+        pred = predict_frame(dev_model if split == "dev" else model, frame, cfg, cached=cached, stage=split)
         rd.write_predictions(split, pred)
         metrics[split] = compute_metrics(pred, info)
         for m in members:
