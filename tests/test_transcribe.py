@@ -267,3 +267,13 @@ def test_short_window_gives_the_transcripts_of_whisper_padding(speech):
     assert short.cache_id() != full.cache_id()
     with pytest.raises(TranscribeError, match="window_seconds"):
         get_transcriber(device="cpu", window_seconds=45)
+
+
+def test_a_looping_transcript_is_recognised():
+    """The loop Whisper falls into on little padding (a run of >= 3 words twice in a row) triggers the 30 s retry."""
+    from fusion_ser.transcribe.faster import repeats_itself
+
+    assert repeats_itself("Dogs are sitting by the door! Dogs are sitting by the door!")
+    assert repeats_itself("so it goes on and on and on, and on and on and on")
+    assert not repeats_itself("Kids kids are talking by the door.")  # one word twice: speech does that
+    assert not repeats_itself("I said no, no, no.") and not repeats_itself("")

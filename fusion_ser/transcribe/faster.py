@@ -4,7 +4,8 @@ Whisper was trained on 30 s windows, and a 3.5 s clip padded to 30 s spends abou
 Here each piece of a clip (its <= 30 s windows, or its speech regions with `vad`) is padded only to its *window*:
 twice its length (half the window silence, as Whisper saw short training clips), at least `window_seconds` (10 s by
 default) and at most 30 s. Unpadded input makes Whisper repeat itself (measured on RAVDESS: WER > 1), a 10 s window
-does not (bench/transcribe_rtf.py). Pieces are sorted by length and encoded and decoded together, `batch_size` at a
+rarely does (bench/transcribe_rtf.py): a piece whose text repeats a run of >= 3 words back to back is decoded again in
+Whisper's own 30 s window. Pieces are sorted by length and encoded and decoded together, `batch_size` at a
 time, by CTranslate2's `generate` (beam search, no timestamps); `window_seconds: 30` is Whisper's own padding.
 A multilingual model without a language falls back to faster-whisper's BatchedInferencePipeline (language detection).
 """
@@ -12,6 +13,7 @@ A multilingual model without a language falls back to faster-whisper's BatchedIn
 from __future__ import annotations
 
 import logging
+import re
 from typing import Optional
 
 import numpy as np
@@ -26,6 +28,13 @@ logger = logging.getLogger(__name__)
 COMPUTE_TYPES = ["auto", "default", "int8", "int8_float16", "int8_float32", "float16", "bfloat16", "float32"]
 GAP_SECONDS = 0.5  # silence between clips laid end to end (chunks never cross it)
 MAX_TOKENS = 448  # Whisper's decoder length
+
+
+def repeats_itself(text: str, min_words: int = 3) -> bool:
+    """True when some run of >= `min_words` words comes twice in a row: the loop Whisper falls into on short input."""
+    words = re.sub(r"[^\w' ]", " ", text.lower()).split()
+    n = len(words)
+    return any(words[i:i + k] == words[i + k:i + 2 * k] for k in range(min_words, n // 2 + 1) for i in range(n - 2 * k + 1))
 
 
 def window_samples(n: int, min_seconds: float) -> int:
@@ -108,7 +117,17 @@ class FasterWhisperTranscriber(Transcriber):
         return [normalize_text(" ".join(t)) for t in texts]
 
     def _decode(self, pieces: list[np.ndarray]) -> list[str]:
-        """Texts of <= 30 s pieces: sorted by length, each batch padded to its longest piece's window."""
+        """Texts of <= 30 s pieces: sorted by length, each batch padded to its longest piece's window; a piece that
+        repeats itself is decoded again in the full 30 s window."""
+        out = self._generate(pieces, self.window_seconds)
+        again = [i for i, t in enumerate(out) if self.window_seconds < WINDOW_SECONDS and repeats_itself(t)]
+        for i, text in zip(again, self._generate([pieces[i] for i in again], WINDOW_SECONDS)):
+            out[i] = text
+        return out
+
+    def _generate(self, pieces: list[np.ndarray], window_seconds: float) -> list[str]:
+        if not pieces:
+            return []
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
 
@@ -121,7 +140,7 @@ class FasterWhisperTranscriber(Transcriber):
             idx = [i for i in order[start:start + self.batch_size] if len(pieces[i])]
             if not idx:
                 continue
-            n = window_samples(max(len(pieces[i]) for i in idx), self.window_seconds)
+            n = window_samples(max(len(pieces[i]) for i in idx), window_seconds)
             mels = np.stack([self.model.feature_extractor(np.pad(pieces[i], (0, n - len(pieces[i]))), padding=0)
                              [:, : n // 160] for i in idx]).astype(np.float32)
             results = self.model.model.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(mels)),
