@@ -158,8 +158,8 @@ def test_a_literal_option_with_a_wrong_value_names_the_key_from_yaml_overrides_a
         load_config(None, ["train.precision=true"])  # a YAML bool is no choice, even where str() would match none
     with pytest.raises(ConfigError, match=r"modality: 'video' is not one of \['audio', 'text', 'both'\]"):
         Config(modality="video").validate()
-    with pytest.raises(ConfigError, match=r"audio_encoder\.finetune: 'lora' is not one of"):
-        Config(audio_encoder=AudioEncoderConfig(finetune="lora")).validate()
+    with pytest.raises(ConfigError, match=r"audio_encoder\.finetune: 'adapters' is not one of"):
+        Config(audio_encoder=AudioEncoderConfig(finetune="adapters")).validate()
     built = dataclasses.replace(Config(), pooling=PoolingConfig(type="mean"))  # replace and construction stay free
     assert built.validate().pooling.type == "mean"
     assert dataclasses.replace(Config(), task="attrs").task == "attrs"  # checked by validate, not construction
