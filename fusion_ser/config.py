@@ -63,6 +63,22 @@ class DataConfig:
     max_eval_seconds: float = ranged(60.0, "(0, inf)")  # longer clips are evaluated in their first N seconds
     min_seconds: float = ranged(0.1, "[0, inf)")
     speed_perturb: list[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]: one per clip and epoch, train only
+    # class sampling of the train epochs (training/sampling.py): random (as the rows come) | balanced (every class
+    # an equal share of each epoch, unweighted loss) | staged (MEDUSA: data.staged_epochs random epochs with class
+    # weights (N / (K n_c))^0.5, then balanced epochs holding data.no_agreement_quota of no-agreement rows)
+    sampler: Literal["random", "balanced", "staged"] = "random"
+    staged_epochs: int = ranged(2, "[0, inf)")
+    no_agreement_quota: float = ranged(0.1, "[0, 1)")  # fraction of each balanced-stage epoch (staged)
+    # soft targets from the manifest's `annotations` column (one vote per annotator): each epoch every vote is
+    # dropped with probability data.annotator_dropout (at least one kept), from (seed, epoch, utt_id)
+    soft_labels: Literal["none", "annotators"] = "none"
+    annotator_dropout: float = ranged(0.0, "[0, 1)")
+    # mixup of training batches (training/mixup.py): with probability data.mixup a batch is mixed with a permutation
+    # of itself, lambda ~ Beta(mixup_alpha, mixup_alpha), targets mixed the same way; pooled: the pooled embedding
+    # before the head (manifold mixup) | waveform: the raw audio (a trained encoder reading waveforms)
+    mixup: float = ranged(0.0, "[0, 1]")
+    mixup_alpha: float = ranged(0.4, "(0, inf)")
+    mixup_on: Literal["pooled", "waveform"] = "pooled"
     text_columns: TextColumns = field(default_factory=TextColumns)  # text and attention models: the text of each split
 
 
@@ -136,7 +152,8 @@ class HeadConfig:
 
 @dataclass
 class LossConfig:
-    type: Literal["ce", "weighted_ce", "focal", "soft_ce"] = "weighted_ce"  # attributes always use 1-CCC
+    # soft_ce / kl: against soft targets (p_<label> columns, or data.soft_labels annotators); attributes: 1-CCC
+    type: Literal["ce", "weighted_ce", "focal", "soft_ce", "kl"] = "weighted_ce"
     focal_gamma: float = ranged(2.0, "[0, inf)")
     label_smoothing: float = ranged(0.0, "[0, 1)")
 
@@ -207,6 +224,13 @@ class Config:
         if any(not 0.5 <= float(f) <= 2.0 for f in self.data.speed_perturb):
             raise ConfigError(f"data.speed_perturb: factors must lie in [0.5, 2.0], got {self.data.speed_perturb}; "
                               "e.g. [0.9, 1.0, 1.1]")
+        if self.data.soft_labels == "annotators" and (self.task != "categorical" or self.loss.type not in ("soft_ce", "kl")):
+            raise ConfigError("data.soft_labels=annotators trains a categorical model on the annotators' vote "
+                              f"distributions: set loss.type to soft_ce or kl (got task {self.task}, loss.type "
+                              f"{self.loss.type})")
+        if self.data.mixup > 0 and self.data.mixup_on == "waveform" and self.modality != "audio":
+            raise ConfigError(f"data.mixup_on=waveform mixes the audio of an audio model; modality {self.modality} "
+                              "mixes its pooled embedding: set data.mixup_on=pooled")
         return self
 
 

@@ -23,7 +23,8 @@ from fusion_ser.config import Config
 from fusion_ser.data.audio import AudioError, audio_duration, load_audio
 from fusion_ser.data.augment import speed_perturb
 from fusion_ser.data.context import CONTEXT_COLUMN
-from fusion_ser.data.schema import SOFT_PREFIX
+from fusion_ser.data.annotations import annotator_targets, vote_matrix
+from fusion_ser.data.schema import ANNOTATIONS_COLUMN, SOFT_PREFIX
 from fusion_ser.data.feature_cache import FeatureCache
 from fusion_ser.data.frame_store import FrameMemory, PooledStore
 from fusion_ser.encoders.base import Encoder, pad_frames
@@ -136,7 +137,10 @@ class EmotionDataset(Dataset):
         self.durations = durations
         index = {c: i for i, c in enumerate(self.labels)}
         self.label_idx = self.df["label"].map(lambda x: index.get(str(x), -1)).to_numpy(np.int64)
-        self.soft = soft_label_matrix(self.df, self.labels) if cfg.loss.type == "soft_ce" else None
+        self.soft = soft_label_matrix(self.df, self.labels) if cfg.loss.type in ("soft_ce", "kl") else None
+        self.votes = None  # data.soft_labels annotators: each row's votes (class indices), targets per epoch
+        if cfg.data.soft_labels == "annotators" and ANNOTATIONS_COLUMN in self.df.columns:
+            self.soft, self.votes = None, vote_matrix(self.df[ANNOTATIONS_COLUMN].tolist(), self.labels)
         attrs = list(cfg.data.attributes)
         self.attributes = (
             self.df[attrs].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
@@ -159,6 +163,16 @@ class EmotionDataset(Dataset):
 
     def _rng(self, idx: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, idx])
+
+    def vote_target(self, idx: int) -> np.ndarray:
+        """A row's annotator distribution over the classes (training: after this epoch's annotator dropout); a
+        class row without votes: its one-hot label; other rows without votes: zeros (no target)."""
+        votes, k = self.votes[idx], len(self.labels)
+        if not len(votes):
+            return np.eye(k, dtype=np.float32)[self.label_idx[idx]] if self.label_idx[idx] >= 0 else np.zeros(k, np.float32)
+        dropout = self.cfg.data.annotator_dropout if self.training else 0.0
+        return annotator_targets([votes], [self.rows[idx]["utt_id"]], k, dropout=dropout, seed=self.seed,
+                                 epoch=self.epoch)[0]
 
     def speed_factor(self, idx: int) -> float:
         """The speed-perturbation factor of a row in this epoch: one of data.speed_perturb in training, else 1.0."""
@@ -221,6 +235,8 @@ class EmotionDataset(Dataset):
         item["label"] = int(self.label_idx[idx])
         if self.soft is not None:
             item["soft_label"] = self.soft[idx]
+        elif self.votes is not None:
+            item["soft_label"] = self.vote_target(idx)
         if self.attributes is not None:
             item["attributes"] = self.attributes[idx]
         return item

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -16,7 +17,8 @@ import pandas as pd
 
 from fusion_ser.data.schema import ATTRIBUTES, CATEGORICAL_LABELS
 from fusion_ser.data.audio import check_audio
-from fusion_ser.data.schema import NON_CLASS_LABELS, REQUIRED_COLUMNS, SOFT_PREFIX, SPLITS
+from fusion_ser.data.schema import (ANNOTATION_SEPARATOR, ANNOTATIONS_COLUMN, NON_CLASS_LABELS, REQUIRED_COLUMNS,
+                                    SOFT_PREFIX, SPLITS)
 from fusion_ser.errors import FusionSerError
 from fusion_ser.files import atomic_path
 
@@ -92,6 +94,21 @@ def _conversation_problems(df: pd.DataFrame, where: Callable[[int], str]) -> lis
     return problems
 
 
+def _annotation_problems(df: pd.DataFrame, where: Callable[[int], str]) -> list[str]:
+    """The `annotations` column: each non-empty cell a ";"-separated list of lower-case label names."""
+    if ANNOTATIONS_COLUMN not in df.columns:
+        return []
+    problems = []
+    for i, cell in enumerate(df[ANNOTATIONS_COLUMN].fillna("").astype(str)):
+        votes = cell.split(ANNOTATION_SEPARATOR) if cell.strip() else []
+        bad = [v for v in votes if not re.fullmatch(LABEL_NAME, v.strip())]
+        if bad:
+            problems.append(f"{where(i)}: annotations {cell!r}: vote(s) {bad[:3]} are not lower-case label names; "
+                            f"write one vote per annotator joined by '{ANNOTATION_SEPARATOR}', e.g. "
+                            "'anger;anger;neutral'")
+    return problems
+
+
 def validate_manifest(
     df: pd.DataFrame,
     source: str,
@@ -161,6 +178,7 @@ def validate_manifest(
             problems.append(f"{where(i)}: soft label {col} {values.iloc[i]:g} is outside [0, 1]")
 
     problems += _conversation_problems(df, where)
+    problems += _annotation_problems(df, where)
     if "fold" in df.columns:
         folds = df["fold"].replace("", np.nan)
         parsed = pd.to_numeric(folds, errors="coerce")
@@ -206,6 +224,8 @@ def normalize_manifest(df: pd.DataFrame) -> pd.DataFrame:
     if "fold" in out.columns:
         fold = pd.to_numeric(out["fold"].replace("", np.nan), errors="coerce").astype(float)
         out["fold"] = fold.where(fold % 1 == 0).astype("Int64")
+    if ANNOTATIONS_COLUMN in out.columns:
+        out[ANNOTATIONS_COLUMN] = out[ANNOTATIONS_COLUMN].fillna("").astype(str).str.strip()
     if "conversation" in out.columns:
         out["conversation"] = out["conversation"].fillna("").astype(str).str.strip()
     if "turn" in out.columns:  # whole turn numbers stay integers in the CSV

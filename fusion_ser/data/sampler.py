@@ -8,10 +8,24 @@ ranks. Every rank gets the same number of batches and disjoint indices.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
+
+
+def group_counts(n: int, names: Sequence[str], shares: Optional[Mapping[str, float]] = None) -> list[int]:
+    """Items of an epoch of `n` for each group: n * share rounded by largest remainder (ties: the earlier group),
+    summing to n; equal shares without `shares` (n // G each, the first n % G groups one more)."""
+    weights = np.array([1.0 if shares is None else max(0.0, float(shares.get(g, 0.0))) for g in names])
+    if weights.sum() <= 0:
+        raise ValueError(f"no group among {list(names)} has a positive share")
+    exact = n * weights / weights.sum()
+    counts = np.floor(exact).astype(int)
+    order = sorted(range(len(names)), key=lambda k: (-(exact[k] - counts[k]), k))
+    for k in order[: n - int(counts.sum())]:
+        counts[k] += 1
+    return [int(c) for c in counts]
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -21,6 +35,9 @@ class BucketBatchSampler(Sampler[list[int]]):
     smaller pools randomise more. Without `shuffle` the whole dataset is sorted (longest first) for evaluation.
     With `groups` (e.g. each item's corpus) every group fills an equal share of each epoch (data.corpus_sampling
     balanced), drawn from (seed, epoch) like the rest, so resume and DDP stay exact; the epoch length is unchanged.
+    `shares` (group -> fraction of the epoch, normalised over the groups present) replaces the equal shares
+    (class sampling, training/sampling.py); the groups apply from epoch `groups_from` on, the epochs before it
+    are plain permutations (data.sampler staged).
     """
 
     def __init__(
@@ -35,6 +52,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
         pool_batches: int = 50,
         groups: Optional[Sequence[str]] = None,
+        shares: Optional[Mapping[str, float]] = None,
+        groups_from: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -51,6 +70,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.groups = None if groups is None else np.asarray([str(g) for g in groups], dtype=object)
         if self.groups is not None and len(self.groups) != len(self.lengths):
             raise ValueError(f"{len(self.groups)} groups for {len(self.lengths)} items")
+        self.shares = None if shares is None else {str(k): float(v) for k, v in shares.items()}
+        self.groups_from = int(groups_from)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -58,17 +79,15 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
 
     def _epoch_items(self, rng: np.random.Generator) -> np.ndarray:
-        """The epoch's items in random order: all of them once, or with `groups` an equal share of the epoch for
-        each group (n // G items each, the first n % G groups one more), a small group's items repeated."""
+        """The epoch's items in random order: all of them once, or with `groups` a share of the epoch for each
+        group (`group_counts`), a small group's items repeated."""
         n = len(self.lengths)
-        if self.groups is None:
+        if self.groups is None or self.epoch < self.groups_from:
             return rng.permutation(n)
         names = sorted(set(self.groups))
-        base, extra = divmod(n, len(names))
         parts = []
-        for k, name in enumerate(names):
+        for name, m in zip(names, group_counts(n, names, self.shares)):
             members = np.flatnonzero(self.groups == name)
-            m = base + (1 if k < extra else 0)
             copies = -(-m // len(members))
             parts.append(np.concatenate([rng.permutation(members) for _ in range(copies)])[:m])
         return rng.permutation(np.concatenate(parts))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 REQUIRED_COLUMNS = ["utt_id", "path", "split", "speaker", "gender", "label", "arousal", "valence", "dominance", "text"]
 CORPUS_COLUMN = "corpus"  # which corpus a row comes from (multi-corpus training; metrics by corpus)
-OPTIONAL_COLUMNS = ["fold", CORPUS_COLUMN]  # plus soft-label columns p_<label>
+# one categorical vote per annotator, lower-case label names joined by ";" (data/annotations.py; data.soft_labels)
+ANNOTATIONS_COLUMN = "annotations"
+ANNOTATION_SEPARATOR = ";"
+OPTIONAL_COLUMNS = ["fold", CORPUS_COLUMN, ANNOTATIONS_COLUMN]  # plus soft-label columns p_<label>
 # Conversation context (text_encoder.context_turns): a conversation id and the row's turn number within it (numeric,
 # unique within a conversation of a split). Optional; data/context.py assembles the earlier turns.
 CONVERSATION_COLUMNS = ["conversation", "turn"]

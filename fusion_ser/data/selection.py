@@ -22,7 +22,8 @@ from fusion_ser.data.dataset import ScreenReport, screen_audio
 from fusion_ser.data.folds import apply_fold
 from fusion_ser.data.context import with_context
 from fusion_ser.data.manifest import read_manifest
-from fusion_ser.data.schema import NON_CLASS_LABELS, SOFT_PREFIX
+from fusion_ser.data.annotations import vote_matrix
+from fusion_ser.data.schema import ANNOTATIONS_COLUMN, NON_CLASS_LABELS, SOFT_PREFIX
 from fusion_ser.errors import FusionSerError
 
 logger = logging.getLogger(__name__)
@@ -179,11 +180,21 @@ def split_rows(df: pd.DataFrame, cfg: Config, source: str, dropped: Optional[Dro
     else:
         labels = select_labels(cfg, train)
         is_class = train["label"].isin(labels)
-        if cfg.loss.type == "soft_ce":
+        if cfg.data.soft_labels == "annotators":  # targets from the votes (data/annotations.py)
+            if ANNOTATIONS_COLUMN not in df.columns:
+                raise SelectionError(f"{source}: data.soft_labels=annotators needs an '{ANNOTATIONS_COLUMN}' column "
+                                     "(one vote per annotator, e.g. 'anger;anger;neutral'; the MSP-Podcast adapter "
+                                     "fills it from labels_detailed); none found. Set data.soft_labels=none")
+            if cfg.data.keep_no_agreement:
+                voted = pd.Series([len(v) > 0 for v in vote_matrix(train[ANNOTATIONS_COLUMN].tolist(), labels)],
+                                  index=train.index)
+                is_class = is_class | ((train["label"] == "no_agreement") & voted)
+        elif cfg.loss.type in ("soft_ce", "kl"):
             soft_cols = [f"{SOFT_PREFIX}{c}" for c in labels if f"{SOFT_PREFIX}{c}" in df.columns]
             if not soft_cols:
-                raise SelectionError(f"{source}: loss.type=soft_ce needs soft-label columns p_<label> "
-                                 f"(e.g. p_{labels[0] if labels else 'neutral'}); none found. Use loss.type=weighted_ce")
+                raise SelectionError(f"{source}: loss.type={cfg.loss.type} needs soft-label columns p_<label> "
+                                 f"(e.g. p_{labels[0] if labels else 'neutral'}) or data.soft_labels=annotators; "
+                                 "none found. Use loss.type=weighted_ce")
             if cfg.data.keep_no_agreement:
                 mass = train[soft_cols].apply(pd.to_numeric, errors="coerce").fillna(0).sum(axis=1)
                 is_class = is_class | ((train["label"] == "no_agreement") & (mass > 0))

@@ -19,7 +19,7 @@ from fusion_ser.encoders.build import build_encoder
 from fusion_ser.encoders.pooling import build_pooling
 from fusion_ser.models.heads import build_head
 from fusion_ser.models.losses import build_criterion
-from fusion_ser.models.output import ModelOutput
+from fusion_ser.models.output import MIX_KEY, ModelOutput, mix_rows
 
 
 class CrossModalBlock(nn.Module):
@@ -100,4 +100,5 @@ class AttentionFusionModel(nn.Module):
         for block in self.blocks:
             audio, text = block(audio, audio_mask, text, text_mask)
         pooled = torch.cat([self.audio_pool(audio, audio_mask), self.text_pool(text, text_mask)], dim=-1)
+        pooled = mix_rows(pooled, batch.get(MIX_KEY))  # data.mixup_on pooled: manifold mixup before the head
         return ModelOutput.from_head(self.task, self.head(pooled), pooled, self.criterion, batch)

@@ -9,10 +9,8 @@ from torch import nn
 from fusion_ser.config import Config, ConfigError
 from fusion_ser.encoders.base import Encoder
 from fusion_ser.models.attention import AttentionFusionModel
-from fusion_ser.models.losses import class_weights
+from fusion_ser.models.losses import WEIGHTED_LOSSES, class_weights
 from fusion_ser.models.unimodal import UnimodalModel
-
-WEIGHTED_LOSSES = ("weighted_ce", "focal", "soft_ce")  # losses that read the train split's class weights
 
 
 def build_model(cfg: Config, labels: list[str], train_labels: Optional[Sequence[str]] = None) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Training objectives: (weighted) cross-entropy, focal loss, soft-label cross-entropy and 1-CCC for attributes.
+"""Training objectives: (weighted) cross-entropy, focal loss, soft-label cross-entropy or KL, and 1-CCC for attributes.
 
 Every model of the project computes its loss through `Criterion`, built from the config by `build_criterion`, so
 audio, text and fusion models share one definition of each objective.
@@ -17,6 +17,9 @@ from torch import nn
 from fusion_ser.config import Config
 
 logger = logging.getLogger(__name__)
+
+SOFT_LOSSES = ("soft_ce", "kl")  # losses against soft targets (batch "soft_label")
+WEIGHTED_LOSSES = ("weighted_ce", "focal", "soft_ce", "kl")  # losses that read the train split's class weights
 
 
 def class_weights(labels: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
@@ -56,6 +59,20 @@ def soft_cross_entropy(
     With class weights a row's weight is the target-weighted mean of the class weights, so a one-hot row is weighted
     exactly as in weighted cross-entropy.
     """
+    return soft_target_loss(logits, soft_target, weight, "ce")
+
+
+def kl_divergence(logits: torch.Tensor, soft_target: torch.Tensor,
+                  weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """KL(q || softmax(logits)) = sum_c q_c (log q_c - log p_c) against annotator distributions q, rows renormalised
+    and weighted as in soft_cross_entropy (the same gradient; 0 at a perfect fit, where soft CE is q's entropy)."""
+    return soft_target_loss(logits, soft_target, weight, "kl")
+
+
+def soft_target_loss(logits: torch.Tensor, soft_target: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                     kind: str = "ce", gamma: float = 2.0) -> torch.Tensor:
+    """The row-weighted mean of a loss against soft targets: kind ce (-sum q log p), kl (sum q log(q / p)) or focal
+    (-sum q (1 - p)^gamma log p, focal loss on one-hot rows; mixup's mixed targets); rows without mass are ignored."""
     soft_target = soft_target.float()
     mass = soft_target.sum(dim=-1)
     valid = torch.isfinite(mass) & (mass > 0)
@@ -63,7 +80,11 @@ def soft_cross_entropy(
         return logits.sum() * 0.0
     q = soft_target[valid] / mass[valid, None]
     logp = F.log_softmax(logits[valid].float(), dim=-1)
+    if kind == "focal":
+        logp = (1.0 - logp.exp()).clamp(min=0.0) ** gamma * logp
     row_loss = -(q * logp).sum(dim=-1)
+    if kind == "kl":
+        row_loss = row_loss + torch.special.xlogy(q, q).sum(dim=-1)
     w = (q * weight.to(q.device)[None, :]).sum(dim=-1) if weight is not None else torch.ones_like(row_loss)
     return (w * row_loss).sum() / w.sum().clamp(min=1e-12)
 
@@ -99,17 +120,29 @@ class Criterion(nn.Module):
         self.focal_gamma = focal_gamma
         self.label_smoothing = label_smoothing
         self.register_buffer("class_weights", torch.ones(max(num_classes, 1)))
+        self.weighted = loss_type in WEIGHTED_LOSSES  # whether class_weights enter the loss
 
     def set_class_weights(self, weights: torch.Tensor) -> None:
-        """Install w_c computed from the train split (used by weighted_ce, focal and soft_ce)."""
+        """Install w_c computed from the train split (used by weighted_ce, focal, soft_ce and kl)."""
         self.class_weights.copy_(weights.to(self.class_weights))
+
+    def use_class_weights(self, weights: Optional[torch.Tensor]) -> None:
+        """Weight the loss by `weights` whatever loss.type is, or (None) not at all: data.sampler's stages."""
+        self.weighted = weights is not None
+        if weights is not None:
+            self.set_class_weights(weights)
+
+    def _soft(self, batch: dict[str, Any]) -> Optional[torch.Tensor]:
+        """The batch's soft targets when this loss reads them (soft_ce, kl, or any loss on a mixup batch)."""
+        soft = batch.get("soft_label")
+        return soft if soft is not None and (self.loss_type in SOFT_LOSSES or batch.get("mixed")) else None
 
     def has_targets(self, batch: dict[str, Any]) -> bool:
         """True when the batch carries targets this criterion can use."""
         if self.task == "attributes":
             t = batch.get("attributes")
             return t is not None and bool(torch.isfinite(t).any())
-        if self.loss_type == "soft_ce" and batch.get("soft_label") is not None:
+        if self._soft(batch) is not None:
             return bool((batch["soft_label"].sum(-1) > 0).any())
         t = batch.get("label")
         return t is not None and bool((t >= 0).any())
@@ -121,9 +154,13 @@ class Criterion(nn.Module):
         """
         if self.task == "attributes":
             return ccc_loss(output, batch["attributes"].to(output.device))
-        weight = self.class_weights if self.loss_type in ("weighted_ce", "focal", "soft_ce") else None
-        if self.loss_type == "soft_ce" and batch.get("soft_label") is not None:
-            return soft_cross_entropy(output, batch["soft_label"], weight)
+        weight = self.class_weights if self.weighted else None
+        soft = self._soft(batch)
+        if soft is not None:  # soft_ce / kl, or mixed one-hot/soft targets of a mixup batch
+            kind = self.loss_type if self.loss_type in ("kl", "focal") else "ce"
+            if kind == "ce" and self.label_smoothing > 0 and self.loss_type not in SOFT_LOSSES:
+                soft = (1 - self.label_smoothing) * soft + self.label_smoothing / soft.shape[-1]
+            return soft_target_loss(output, soft, weight, kind, self.focal_gamma)
         target = batch["label"]
         if self.loss_type == "focal":
             return focal_loss(output, target, self.focal_gamma, weight)

@@ -8,6 +8,17 @@ from typing import Any, Optional
 import torch
 
 
+MIX_KEY = "mix"  # a training batch's mixup draw (training/mixup.py): (lambda, permutation), applied by `mix_rows`
+
+
+def mix_rows(x: torch.Tensor, mix: Optional[tuple[float, torch.Tensor]]) -> torch.Tensor:
+    """lambda * x + (1 - lambda) * x[perm] (mixup of a batch with a permutation of itself); x itself without a draw."""
+    if mix is None:
+        return x
+    lam, perm = mix
+    return lam * x + (1.0 - lam) * x[perm.to(x.device)]
+
+
 @dataclass
 class ModelOutput:
     """What every model returns: class logits or attribute values (manifest scale), the loss, and extra records."""

@@ -19,7 +19,7 @@ from fusion_ser.encoders.text import pool_tokens
 from fusion_ser.models.domain import DomainStandardizer
 from fusion_ser.models.heads import build_head
 from fusion_ser.models.losses import build_criterion
-from fusion_ser.models.output import ModelOutput
+from fusion_ser.models.output import MIX_KEY, ModelOutput, mix_rows
 
 logger = logging.getLogger(__name__)
 
@@ -140,4 +140,5 @@ class UnimodalModel(nn.Module):
             pooled = self.pooling(features, enc.mask)
         if self.pooled_norm is not None:
             pooled = self.pooled_norm(pooled)
+        pooled = mix_rows(pooled, batch.get(MIX_KEY))  # data.mixup_on pooled: manifold mixup before the head
         return ModelOutput.from_head(self.task, self.head(pooled), pooled, self.criterion, batch)

@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader
 from fusion_ser.config import Config
 from fusion_ser.data.dataset import EmotionDataset, collate
 from fusion_ser.data.sampler import BucketBatchSampler
-from fusion_ser.data.schema import CORPUS_COLUMN
 from fusion_ser.device import resolve_precision, to_device
 from fusion_ser.errors import FusionSerError
 from fusion_ser.evaluation.metrics import compute_metrics, higher_is_better, primary_metric
@@ -38,7 +37,9 @@ from fusion_ser.training.averaging import WeightEMA
 from fusion_ser.training.domain import eval_copy, fit_domains
 from fusion_ser.training.events import Callback, EpochEnded, EpochStarted, Event, StepDone
 from fusion_ser.training.inference import Runner, eval_loader, non_finite_ids, outputs_frame, run_inference
+from fusion_ser.training.mixup import Mixup
 from fusion_ser.training.optim import lr_lambda, param_groups
+from fusion_ser.training.sampling import SamplingPlan, train_corpora
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class Trainer(Runner):
         self.optimizer = torch.optim.AdamW(param_groups(self.module, cfg), weight_decay=cfg.optim.weight_decay)
         self.ema = WeightEMA(self.module, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
+        self.mixup = Mixup(cfg, dist.rank)  # data.mixup: training batches only
+        self.sampling: Optional[SamplingPlan] = None  # data.sampler, set by fit for its train rows
         self.scheduler: Optional[torch.optim.lr_scheduler.LambdaLR] = None
         self.metric = cfg.train.selection_metric
         if self.metric == "auto":
@@ -134,6 +137,7 @@ class Trainer(Runner):
             epoch = self.epoch + 1
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
+            self.sampling.start_epoch(epoch, self.module)  # data.sampler: this epoch's class weights
             self.on_stage_start("train", epoch)
             train_stats = self._train_epoch(loader, epoch, len(sampler))
             self.on_stage_end("train", epoch, train_stats)
@@ -165,11 +169,11 @@ class Trainer(Runner):
         lengths = train_set.lengths()
         if not self.cfg.train.bucketing:
             lengths = np.zeros_like(lengths)  # equal lengths: the sampler's pools become plain random batches
-        groups = None  # data.corpus_sampling balanced: each corpus an equal share of every epoch
-        if self.cfg.data.corpus_sampling == "balanced" and CORPUS_COLUMN in train_set.df.columns:
-            groups = train_set.df[CORPUS_COLUMN].astype(str).tolist()
-        return BucketBatchSampler(lengths, self.cfg.train.batch_size, shuffle=True, seed=self.cfg.seed,
-                                  num_replicas=self.dist.world_size, rank=self.dist.rank, groups=groups)
+        # data.sampler (classes) and data.corpus_sampling (corpora): training/sampling.py
+        self.sampling = SamplingPlan(self.cfg, train_set.df["label"].astype(str).tolist(), self.labels,
+                                     train_corpora(self.cfg, train_set.df))
+        return self.sampling.sampler(lengths, self.cfg.train.batch_size, self.cfg.seed, self.dist.world_size,
+                                     self.dist.rank)
 
     def _train_epoch(self, loader: DataLoader, epoch: int, n_batches: int) -> dict[str, Any]:
         cfg = self.cfg
@@ -183,7 +187,7 @@ class Trainer(Runner):
             skipped += batch["skipped"]
             last_of_group = (i + 1) % accum == 0 or i + 1 == n_batches
             if self._all_ranks_have_data(batch["size"]):
-                batch = to_device(batch, self.device)
+                batch = self.mixup.apply(to_device(batch, self.device), epoch, i, len(self.labels))
                 sync = last_of_group or not self.dist.enabled or not hasattr(self.model, "no_sync")
                 with (self.model.no_sync() if not sync else contextlib.nullcontext()):
                     out = self.compute_forward(batch, "train")

@@ -2,7 +2,8 @@
 
 Codes A,S,H,U,F,D,C,N map to the 8 emotion names; O and X stay as `other` / `no_agreement`. Test3 audio (no label
 rows) becomes split `test` with empty labels. Per-annotator votes (Labels/labels_detailed.json, or .csv) give
-`p_<label>` soft labels: each class's share of the votes for the 8 classes.
+`p_<label>` soft labels (each class's share of the votes for the 8 classes) and the `annotations` column (every
+annotator's vote as a label name, in file order, joined by ";": data.soft_labels annotators).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fusion_ser.data.schema import CATEGORICAL_LABELS
+from fusion_ser.data.annotations import format_votes
+from fusion_ser.data.schema import ANNOTATIONS_COLUMN, CATEGORICAL_LABELS
 from fusion_ser.data.corpora.common import CorpusError, gender_name, make_frame, require_dir
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,8 @@ def _number(value: Any) -> float:
 
 def _vote_label(raw: object) -> str | None:
     raw = str(raw).strip()
+    if raw.lower().startswith("other"):  # "Other", "Other-Annoyed", ...: a vote outside the 8 classes
+        return "other"
     return CODES.get(raw.upper()) if len(raw) == 1 else VOTE_NAMES.get(raw.lower())
 
 
@@ -113,10 +117,10 @@ def _annotations(path: Path) -> dict[str, list[str | None]]:
     return out
 
 
-def _soft_labels(path: Path) -> dict[str, dict[str, float]]:
+def _soft_labels(annotations: dict[str, list[str | None]]) -> dict[str, dict[str, float]]:
     """utt_id -> {p_<label>: share of annotator votes among the 8 classes}; votes for other classes are ignored."""
     out: dict[str, dict[str, float]] = {}
-    for utt, votes in _annotations(path).items():
+    for utt, votes in annotations.items():
         counts = dict.fromkeys(CATEGORICAL_LABELS, 0)
         for label in votes:
             if label in counts:
@@ -198,10 +202,12 @@ def prepare(root: Path, cfg: MspPodcastConfig) -> pd.DataFrame:
     candidates = [labels_dir / "labels_detailed.json", labels_dir / "labels_detailed.csv"]
     detailed = next((p for p in candidates if p.is_file()), None) if cfg.soft_labels else None
     if detailed is not None:
-        soft = pd.DataFrame.from_dict(_soft_labels(detailed), orient="index")
+        votes = _annotations(detailed)
+        soft = pd.DataFrame.from_dict(_soft_labels(votes), orient="index")
         cols = [f"p_{k}" for k in CATEGORICAL_LABELS]
         soft = soft.reindex(index=df["utt_id"], columns=cols).reset_index(drop=True)
         df = pd.concat([df.reset_index(drop=True), soft], axis=1)
+        df[ANNOTATIONS_COLUMN] = [format_votes(votes.get(u, [])) for u in df["utt_id"]]
         log.info("soft labels for %d of %d utterances", int(soft.notna().all(axis=1).sum()), len(df))
     return df
 
