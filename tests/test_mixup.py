@@ -4,6 +4,7 @@ and permutation, checked against numpy; p=0 changes nothing; draws are a functio
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -111,3 +112,20 @@ def test_weighted_and_focal_losses_take_their_soft_form_on_mixed_batches():
         # a "mixed" batch of one-hot rows (lambda 1) gives exactly the loss of the plain batch
         assert float(model.criterion(logits, onehot)) == pytest.approx(float(model.criterion(logits, {"label": label})),
                                                                       rel=1e-5)
+
+
+def test_a_fine_tuned_encoder_trains_on_mixed_waveforms(tmp_path):
+    """The trainer path of waveform mixup (every batch mixed): a fine-tuned tiny WavLM run completes with finite
+    losses; the same config on cached frozen frames is refused before any weight changes."""
+    from fusion_ser.training.job import train_run
+    from tests.test_trainer import make_corpus, save_tiny_ssl, tiny_cfg
+
+    torch.set_num_threads(1)
+    corpus = make_corpus(tmp_path / "c", per_class=2)
+    model_dir = save_tiny_ssl("wavlm", tmp_path / "wavlm")
+    mix = ["data.mixup=1.0", "data.mixup_on=waveform", "train.epochs=1"]
+    run = train_run(tiny_cfg(model_dir, *mix), corpus, tmp_path / "run")
+    assert np.isfinite(pd.read_csv(run.train_log_path)["train_loss"]).all() and run.is_complete()
+    with pytest.raises(ConfigError, match="cached encoder features"):
+        train_run(tiny_cfg(model_dir, *mix, "audio_encoder.finetune=frozen", "train.cache_features=true",
+                           f"train.cache_dir={tmp_path / 'cache'}"), corpus, tmp_path / "frozen")
