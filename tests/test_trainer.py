@@ -352,7 +352,7 @@ def test_standardize_frames_uses_train_set_statistics(corpus, ssl_models, tmp_pa
     np.testing.assert_allclose(model.frame_norm.std.numpy(), frames.std(axis=0), rtol=1e-3, atol=1e-5)
     from fusion_ser.config import ConfigError
 
-    with pytest.raises(ConfigError, match="standardize_frames needs a frozen encoder"):
+    with pytest.raises(ConfigError, match="head.standardize_frames / head.standardize need a frozen encoder"):
         train_run(tiny_cfg(ssl_models["wavlm"], "head.standardize_frames=true"), corpus, tmp_path / "bad")
 
 
