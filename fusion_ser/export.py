@@ -336,6 +336,10 @@ def export_onnx(run_dir: str | Path, out: str | Path, *, force: bool = False, ch
         raise ExportError(f"'{onnx_path}' exists; choose another output path or allow overwriting",
                           options=("force",))
     model, cfg, labels = load_model(run.model_dir)
+    if cfg.modality == "text" and cfg.text_encoder.context_turns > 0:
+        raise ExportError(f"run '{run.path}' reads {cfg.text_encoder.context_turns} earlier conversation turns as a "
+                          "first segment (text_encoder.context_turns), which the graph's inputs (input_ids, "
+                          "attention_mask) do not carry; export a run trained with context_turns=0")
     model = model.float().eval()  # the graph is float32 (ONNX Runtime on CPU has no bfloat16 kernels)
     batch = torch.export.Dim("batch")
     if cfg.modality == "audio":

@@ -176,6 +176,20 @@ def test_text_run_exports_with_the_tokenizer_outside_the_graph(corpus, tiny_bert
     values, _ = session.run(None, {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()})
     np.testing.assert_allclose(values, model_outputs(run, texts), atol=TOL, rtol=0)
 
+    import shutil
+
+    import yaml
+
+    ctx = tmp_path / "text_context"  # the same model as one that reads conversation context: no graph input for it
+    shutil.copytree(run, ctx)
+    cfg_path = ctx / "model" / "config.yaml"
+    values = yaml.safe_load(cfg_path.read_text())
+    values["text_encoder"]["context_turns"] = 2
+    cfg_path.write_text(yaml.safe_dump(values))
+    with pytest.raises(ExportError, match="context_turns.*export a run trained with context_turns=0"):
+        export_onnx(ctx, tmp_path / "ctx.onnx")
+    assert not (tmp_path / "ctx.onnx").exists()
+
 
 def test_fused_runs_are_refused_with_what_to_do(runs, tmp_path):
     from fusion_ser.fusion.late import late_fuse
