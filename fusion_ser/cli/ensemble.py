@@ -21,9 +21,10 @@ from fusion_ser.cli.fuse import summary_lines
 )
 @click.option("--folds", default=5, type=int, help="Folds of the cross-validation inside dev (stacking).")
 @click.option("--C", "C", default=1.0, type=float, help="Inverse L2 strength of the stacking logistic regression.")
-@click.option("--alpha", default=1.0, type=float,
-              help="L2 strength of the stacking ridge regression (attributes) and of the MLP's weights.")
-@click.option("--hidden", default=64, type=click.IntRange(1), help="Hidden units of the MLP (mlp).")
+@click.option("--alpha", default=None, type=float,
+              help="L2 strength of the stacking ridge regression (attributes; default 1) and of the MLP's weights "
+                   "(default 100).")
+@click.option("--hidden", default=32, type=click.IntRange(1), help="Hidden units of the MLP (mlp).")
 @click.option("--seed", default=0, type=int, help="Seed of the dev folds.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty output folder.")
 @handle_errors

@@ -24,10 +24,14 @@ from fusion_ser.fusion.late import fit_logistic, fit_ridge
 CATEGORICAL_METHODS = ["mean", "vote", "stacking", "mlp", "soup"]
 ATTRIBUTE_METHODS = ["mean", "stacking", "mlp", "soup"]
 ABSENT_LOGIT = -30.0  # output bias of a class absent from the fitted rows: (almost) zero posterior
+# L2 defaults: ridge stacking 1.0; the MLP 100 with 32 hidden units, the best of hidden {8, 32, 64} x alpha {1, 10, 100}
+# on RAVDESS dev (out-of-fold, bench/ravdess_ensembles.py). sklearn divides alpha by the rows fitted, so the penalty
+# fades on a large dev set (MSP-Podcast's ~20k rows).
+RIDGE_ALPHA, MLP_ALPHA, MLP_HIDDEN = 1.0, 100.0, 32
 
 
 def fit_mlp(x: np.ndarray, y: np.ndarray, *, task: str, labels: list[str], attributes: list[str],
-            hidden: int = 64, alpha: float = 1.0, seed: int = 0) -> MLPCombiner:
+            hidden: int = MLP_HIDDEN, alpha: float = MLP_ALPHA, seed: int = 0) -> MLPCombiner:
     """An MLP (one ReLU layer of `hidden` units, L2 `alpha`, L-BFGS: deterministic for a seed) from member outputs
     x (M, N, K|A) to classes y (N,; -1 rows ignored) or attribute values y (N, A; rows with a NaN ignored)."""
     from sklearn.exceptions import ConvergenceWarning
@@ -63,12 +67,13 @@ def ensemble_runs(
     method: str = "mean",
     folds: int = 5,
     C: float = 1.0,
-    alpha: float = 1.0,
-    hidden: int = 64,
+    alpha: Optional[float] = None,
+    hidden: int = MLP_HIDDEN,
     seed: int = 0,
     force: bool = False,
 ) -> CombinedRun:
-    """Ensemble trained, fused or ensembled runs into a new run dir (kind "ensemble")."""
+    """Ensemble trained, fused or ensembled runs into a new run dir (kind "ensemble"); `alpha` None: the method's
+    default L2 strength (RIDGE_ALPHA, MLP_ALPHA)."""
     info = open_members(runs)[0].info
     allowed = CATEGORICAL_METHODS if info.task == "categorical" else ATTRIBUTE_METHODS
     if method not in allowed:
@@ -81,11 +86,13 @@ def ensemble_runs(
     fitter: Optional[Fitter] = None
     fixed: Optional[Combiner] = None
     if method == "mlp":
+        alpha = MLP_ALPHA if alpha is None else alpha
         fitter = partial(fit_mlp, task=info.task, labels=labels, attributes=attributes, hidden=hidden, alpha=alpha,
                          seed=seed)
     elif method == "stacking" and info.task == "categorical":
         fitter = partial(fit_logistic, labels=labels, features="prob", C=C, seed=seed)
     elif method == "stacking":
+        alpha = RIDGE_ALPHA if alpha is None else alpha
         fitter = partial(fit_ridge, attributes=attributes, alpha=alpha)
     elif method == "vote":
         fixed = MajorityVote(labels, m)
