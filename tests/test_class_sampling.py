@@ -121,7 +121,6 @@ def test_a_staged_run_with_mixup_resumes_exactly(tmp_path):
     uninterrupted one (train log, dev metrics, test predictions)."""
     from fusion_ser.rundir import RunDir
     from fusion_ser.training.job import train_run
-    from fusion_ser.training.trainer import Trainer
     from tests.test_trainer import save_tiny_ssl, tiny_cfg
 
     torch.set_num_threads(1)
@@ -135,13 +134,7 @@ def test_a_staged_run_with_mixup_resumes_exactly(tmp_path):
     df.to_csv(manifest, index=False)
     model_dir = save_tiny_ssl("wavlm", tmp_path / "wavlm")
 
-    class Interrupted(Exception):
-        pass
-
-    class StopAfterTwo(Trainer):
-        def on_epoch_end(self, epoch, row):
-            if epoch == 2:
-                raise Interrupted()
+    from tests.interrupt import Interrupted, StopAfterTwo
 
     cfg = tiny_cfg(model_dir, "audio_encoder.finetune=frozen", "train.cache_features=true",
                    f"train.cache_dir={tmp_path / 'cache'}", "train.epochs=3", "data.sampler=staged",

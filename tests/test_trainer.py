@@ -166,15 +166,7 @@ def test_saved_run_reloads_and_predicts_identically(wavlm_run: Path, corpus: Pat
 
 def test_resume_after_interruption_gives_identical_metrics(corpus, ssl_models, tmp_path) -> None:
     from fusion_ser.training.job import train_run
-    from fusion_ser.training.trainer import Trainer
-
-    class Interrupted(Exception):
-        pass
-
-    class StopAfterTwo(Trainer):
-        def on_epoch_end(self, epoch, row):
-            if epoch == 2:
-                raise Interrupted()
+    from tests.interrupt import Interrupted, StopAfterTwo
 
     cfg = tiny_cfg(ssl_models["wavlm"], "head.dropout=0.3", "train.grad_accum=2", "optim.schedule=cosine")
     full = train_run(cfg, corpus, tmp_path / "full")
