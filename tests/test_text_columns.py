@@ -97,3 +97,26 @@ def test_transcribe_column_keeps_the_human_text(tmp_path, monkeypatch):
     out = read_manifest(tmp_path / "out.csv")
     assert out["text"].tolist() == ["human words 0", "human words 1"]
     assert out["asr_text"].tolist() == ["clip of 8000 samples", "clip of 12000 samples"]
+
+
+def test_soup_of_text_runs_reads_each_splits_column(tmp_path):
+    from fusion_ser.data.manifest import read_manifest
+    from fusion_ser.fusion.ensemble import ensemble_runs
+    from fusion_ser.models.io import load_model
+    from fusion_ser.rundir import RunDir, prob_columns
+    from fusion_ser.training.inference import predict_frame
+    from fusion_ser.training.job import train_run
+
+    manifest = _manifest(tmp_path / "m.csv")
+    bert = save_tiny_bert(tmp_path / "bert")
+    runs = [train_run(load_config(None, ["modality=text", f"text_encoder.name_or_path={bert}", "text_encoder.lora.r=2",
+                                         "train.epochs=1", "train.batch_size=4", "head.hidden_dim=16",
+                                         "train.device=cpu", "data.text_columns.test=asr_text", f"seed={s}"]),
+                      manifest, tmp_path / f"run{s}").path for s in (0, 1)]
+    soup = ensemble_runs(runs, tmp_path / "soup", method="soup").path
+    model, cfg, labels = load_model(RunDir(soup).model_dir)
+    test = read_manifest(manifest).query("split == 'test'").reset_index(drop=True)
+    expect = predict_frame(model, test.assign(text=test["asr_text"]), cfg, torch.device("cpu"))
+    got = RunDir(soup).read_predictions("test").set_index("utt_id").loc[expect["utt_id"]]
+    np.testing.assert_allclose(got[prob_columns(labels)].to_numpy(), expect[prob_columns(labels)].to_numpy(),
+                               atol=1e-6)

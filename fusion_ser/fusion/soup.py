@@ -17,6 +17,7 @@ from typing import Union
 import torch
 
 from fusion_ser.data.manifest import read_manifest
+from fusion_ser.data.selection import split_rows
 from fusion_ser.fusion.members import FusionError, Member, open_members
 from fusion_ser.fusion.runs import CombinedRun
 from fusion_ser.models.io import load_model, save_model
@@ -105,8 +106,9 @@ def soup_runs(runs: list[Union[str, Path]], out_dir: Union[str, Path], *, seed: 
     if not manifest or not Path(manifest).is_file():
         raise FusionError(f"run {names[0]} records no readable manifest ({manifest}); the soup's dev/test "
                           "predictions are made on its rows")
-    rows = read_manifest(manifest)
-    rows["utt_id"] = rows["utt_id"].astype(str)
+    # the dev/test rows as the members' training read them: fold, text column per split, conversation context
+    _, _, dev_rows, test_rows = split_rows(read_manifest(manifest), cfg, str(manifest))
+    rows = {"dev": dev_rows, "test": test_rows}
     rd = prepare_output(out_dir, kind="model", force=force, inputs=[m.path for m in members])
     info = RunInfo(kind="model", task=cfg.task, labels=list(labels), attributes=list(cfg.data.attributes),
                    modality=cfg.modality, members=[str(m.path) for m in members],
@@ -124,8 +126,8 @@ def soup_runs(runs: list[Union[str, Path]], out_dir: Union[str, Path], *, seed: 
     splits = [s for s in ("dev", "test") if all(s in RunDir(m.path).splits() for m in members)]
     metrics, member_metrics = {}, {n: {} for n in names}
     for split in splits:
-        ids = RunDir(members[0].path).read_predictions(split)["utt_id"].astype(str)
-        frame = rows.set_index("utt_id").loc[[u for u in ids if u in set(rows["utt_id"])]].reset_index()
+        ids = set(RunDir(members[0].path).read_predictions(split)["utt_id"].astype(str))
+        frame = rows[split][rows[split]["utt_id"].astype(str).isin(ids)].reset_index(drop=True)
         pred = predict_frame(dev_model if split == "dev" else model, frame, cfg, cached=cached, stage=split)
         rd.write_predictions(split, pred)
         metrics[split] = compute_metrics(pred, info)
