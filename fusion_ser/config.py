@@ -151,6 +151,18 @@ class HeadConfig:
 
 
 @dataclass
+class MultitaskConfig:
+    """task: multitask: loss = weight_categorical * (loss.type) + weight_attributes * sum of (1 - CCC) (MEDUSA: 1.5, 0.4)."""
+
+    weight_categorical: float = ranged(1.5, "[0, inf)")
+    weight_attributes: float = ranged(0.4, "[0, inf)")
+    # an auxiliary classifier on a manifest column (SAIL: gender), any task: + weight_auxiliary * its cross-entropy
+    # while training; its classes are the column's train values; not predicted or saved. None: off
+    auxiliary: Optional[str] = None
+    weight_auxiliary: float = ranged(0.1, "[0, inf)")
+
+
+@dataclass
 class LossConfig:
     # soft_ce / kl: against soft targets (p_<label> columns, or data.soft_labels annotators); attributes: 1-CCC
     type: Literal["ce", "weighted_ce", "focal", "soft_ce", "kl"] = "weighted_ce"
@@ -178,7 +190,7 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     early_stopping: int = ranged(0, "[0, inf)")  # epochs without dev improvement before stopping; 0: off
-    selection_metric: str = "auto"  # auto: macro_f1 (categorical) / ccc_mean (attributes)
+    selection_metric: str = "auto"  # auto: macro_f1 (categorical) / ccc_mean (attributes) / multitask_score
     cache_features: bool = True  # cache frames of frozen encoders on disk
     cache_dir: Optional[str] = None  # None: ~/.cache/fusion-ser/features
     # fraction of the machine's RAM that cached frames may hold in memory (shared by a node's ranks); 0: read from disk
@@ -202,7 +214,7 @@ class FusionModelConfig:
 @dataclass
 class Config:
     seed: int = 0
-    task: Literal["categorical", "attributes"] = "categorical"
+    task: Literal["categorical", "attributes", "multitask"] = "categorical"
     modality: Literal["audio", "text", "both"] = "audio"
     data: DataConfig = field(default_factory=DataConfig)
     audio_encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
@@ -210,6 +222,7 @@ class Config:
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     fusion: FusionModelConfig = field(default_factory=FusionModelConfig)
@@ -224,10 +237,14 @@ class Config:
         if any(not 0.5 <= float(f) <= 2.0 for f in self.data.speed_perturb):
             raise ConfigError(f"data.speed_perturb: factors must lie in [0.5, 2.0], got {self.data.speed_perturb}; "
                               "e.g. [0.9, 1.0, 1.1]")
-        if self.data.soft_labels == "annotators" and (self.task != "categorical" or self.loss.type not in ("soft_ce", "kl")):
+        if self.data.soft_labels == "annotators" and (self.task == "attributes" or self.loss.type not in ("soft_ce", "kl")):
             raise ConfigError("data.soft_labels=annotators trains a categorical model on the annotators' vote "
                               f"distributions: set loss.type to soft_ce or kl (got task {self.task}, loss.type "
                               f"{self.loss.type})")
+        target_columns = ["utt_id", "path", "split", "label", "text", *self.data.attributes]
+        if self.multitask.auxiliary is not None and self.multitask.auxiliary in target_columns:
+            raise ConfigError(f"multitask.auxiliary: '{self.multitask.auxiliary}' is a target or key column; name "
+                              "another manifest column (e.g. gender)", options=("multitask.auxiliary",))
         if self.data.mixup > 0 and self.data.mixup_on == "waveform" and self.modality != "audio":
             raise ConfigError(f"data.mixup_on=waveform mixes the audio of an audio model; modality {self.modality} "
                               "mixes its pooled embedding: set data.mixup_on=pooled")

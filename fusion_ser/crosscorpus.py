@@ -23,7 +23,7 @@ import pandas as pd
 
 from fusion_ser.adapt import domain_mode
 from fusion_ser.data.manifest import read_manifest
-from fusion_ser.data.schema import NON_CLASS_LABELS
+from fusion_ser.data.schema import NON_CLASS_LABELS, has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
 from fusion_ser.predict import load
 from fusion_ser.rundir import (RunDir, RunInfo, file_hash, prediction_frame, prepare_output, read_run_config,
@@ -105,9 +105,9 @@ def evaluate_on_corpus(run_dir: str | Path, manifest: str | Path, out_dir: str |
     rows = _rows(manifest, split, label_map or {})
     out = prepare_output(out_dir, kind=KIND, force=force, inputs=[source.path])
     classes: dict[str, list[str]] = {}
-    if info.task == "categorical":
+    if has_classes(info.task):
         classes = class_report(info, rows["label"])
-        if not classes["shared"]:
+        if not classes["shared"] and info.task == "categorical":
             raise CrossCorpusError(f"{manifest}: none of its labels {classes['unknown']} is a class of run "
                                    f"'{source.path}' {info.labels}; map them with VALUE=LABEL", options=("maps",))
     predictor = load(source.path, device=device)
@@ -121,17 +121,18 @@ def evaluate_on_corpus(run_dir: str | Path, manifest: str | Path, out_dir: str |
                if r is None or "error" in r}
     ok = [i for i, r in enumerate(results) if r is not None and "error" not in r]
     ids = rows["utt_id"].iloc[ok].astype(str).tolist()
-    if info.task == "categorical":
+    probs = values = None
+    if has_classes(info.task):
         probs = np.array([[results[i]["probs"][c] for c in info.labels] for i in ok]).reshape(len(ok), len(info.labels))
-        frame = prediction_frame(ids, info.task, info.labels, [], probs=probs, truth=rows)
-    else:
-        values = np.array([[results[i]["attributes"][a] for a in info.attributes] for i in ok])
-        frame = prediction_frame(ids, info.task, [], info.attributes, values=values.reshape(len(ok), -1), truth=rows)
+    if has_attributes(info.task):
+        values = np.array([[results[i]["attributes"][a] for a in info.attributes] for i in ok]).reshape(len(ok), -1)
+    frame = prediction_frame(ids, info.task, info.labels if has_classes(info.task) else [],
+                             info.attributes if has_attributes(info.task) else [], probs=probs, values=values, truth=rows)
     if not ok:
         raise CrossCorpusError(f"{manifest}: no row of split '{split}' could be predicted ({len(skipped)} skipped, "
                                f"e.g. {next(iter(skipped.values()), '')})")
     scoring = {}
-    if info.task == "categorical":
+    if has_classes(info.task):
         average = classes["shared"] + (classes["unknown"] if unknown == "error" else [])
         scoring = {"average": average, "unknown": unknown}
     record = {"source_run": str(source.path), "source_kind": info.kind, "manifest": str(manifest), "split": split,
@@ -150,7 +151,7 @@ def evaluate_on_corpus(run_dir: str | Path, manifest: str | Path, out_dir: str |
     present = [a for a in info.attributes if a in frame.columns]
     metrics.update({"classes": classes, "n_rows": len(rows), "n_skipped_rows": len(skipped),
                     "skipped_rows": dict(list(skipped.items())[:20]), "scoring": scoring,
-                    **({"attributes_scored": present} if info.task == "attributes" else {})})
+                    **({"attributes_scored": present} if has_attributes(info.task) else {})})
     all_metrics = out.read_metrics()
     all_metrics[split] = metrics
     out.write_metrics(all_metrics)

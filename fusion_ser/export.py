@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from fusion_ser.config import Config
-from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.data.schema import SAMPLE_RATE, has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
+from fusion_ser.models.output import readout
 from fusion_ser.rundir import RunDir, RunInfo, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ OPSET = 18
 AUDIO_INPUTS = ("wav", "wav_lengths")
 TEXT_INPUTS = ("input_ids", "attention_mask")
 EMBEDDING_OUTPUT = "pooled_embedding"
+OUTPUT_NAMES = {"categorical": "probabilities", "attributes": "attributes", "multitask": "probabilities_attributes"}
 TOLERANCE = 1e-3  # largest difference to the run's own model accepted at export (tests check 1e-4)
 CT2_TOLERANCE = 1e-3  # largest difference between CTranslate2's Whisper frames and the PyTorch copy's
 EXTERNAL_BYTES = 1_500_000_000  # weights above this go to <model>.onnx.data (protobuf files stop at 2 GB)
@@ -149,8 +151,7 @@ class TextGraph(nn.Module):
 
 
 def _readout(out: Any, task: str) -> tuple[torch.Tensor, torch.Tensor]:
-    values = out.attributes.float() if task == "attributes" else torch.softmax(out.logits.float(), dim=-1)
-    return values, out.records["embedding"].float()
+    return readout(out, task), out.records["embedding"].float()
 
 
 def _whisper_frames(encoder: Any) -> nn.Module:
@@ -272,7 +273,7 @@ def _usage(meta: dict) -> str:
         feed = ("wav, sr = sf.read('clip.wav', dtype='float32')  # mono, meta['sample_rate'] Hz\n"
                 "feeds = {'wav': wav[None], 'wav_lengths': np.array([len(wav)], dtype=np.int64)}\n")
         head = "import soundfile as sf\n"
-    names = "meta['labels']" if meta["task"] == "categorical" else "meta['attributes']"
+    names = "meta['outputs'][0]['columns']"
     return ("import json\nimport numpy as np\nimport onnxruntime as ort\n" + head
             + f"meta = json.load(open('{onnx_name}.json'))\nsession = ort.InferenceSession('{onnx_name}')\n" + feed
             + f"values, embedding = session.run(None, feeds)\nprint(dict(zip({names}, values[0].tolist())))")
@@ -280,16 +281,16 @@ def _usage(meta: dict) -> str:
 
 def _metadata(run: RunDir, info: RunInfo, cfg: Config, onnx_path: Path, labels: list[str], width: int,
               dim: int, min_samples: int, tokenizer_dir: Optional[Path], pooling: str) -> dict:
-    out_name = "probabilities" if info.task == "categorical" else "attributes"
+    out_name = OUTPUT_NAMES[info.task]
     provenance = run.provenance()
     meta: dict[str, Any] = {
         "format": "fusion-ser onnx", "version": 1, "onnx": onnx_path.name, "opset": OPSET,
         "run": str(run.path.resolve()), "kind": info.kind, "task": info.task, "modality": cfg.modality,
         "manifest": provenance.get("manifest"), "manifest_sha256": provenance.get("manifest_sha256"),
     }
-    if info.task == "categorical":
+    if has_classes(info.task):
         meta["labels"] = list(labels)
-    else:
+    if has_attributes(info.task):
         meta["attributes"] = list(cfg.data.attributes)
         meta["attribute_range"] = list(cfg.data.attribute_range)
     if cfg.modality == "audio":
@@ -314,9 +315,11 @@ def _metadata(run: RunDir, info: RunInfo, cfg: Config, onnx_path: Path, labels: 
     meta["pooling"] = pooling
     meta["outputs"] = [
         {"name": out_name, "dtype": "float32", "shape": ["batch", width],
-         "columns": meta.get("labels") or meta.get("attributes"),
-         "about": "softmax class probabilities in 'labels' order" if info.task == "categorical"
-         else "attribute values on the manifest scale 'attribute_range'"},
+         "columns": meta.get("labels", []) + meta.get("attributes", []),
+         "about": {"categorical": "softmax class probabilities in 'labels' order",
+                   "attributes": "attribute values on the manifest scale 'attribute_range'",
+                   "multitask": "softmax class probabilities in 'labels' order, then the attribute values on the "
+                                "manifest scale 'attribute_range'"}[info.task]},
         {"name": EMBEDDING_OUTPUT, "dtype": "float32", "shape": ["batch", dim],
          "about": "the pooled utterance embedding the head reads"},
     ]
@@ -361,7 +364,7 @@ def export_onnx(run_dir: str | Path, out: str | Path, *, force: bool = False, ch
     with torch.no_grad():
         traced = graph(*tensors)
     width, dim = int(traced[0].shape[1]), int(traced[1].shape[1])
-    out_name = "probabilities" if info.task == "categorical" else "attributes"
+    out_name = OUTPUT_NAMES[info.task]
     external = sum(p.numel() * p.element_size() for p in graph.parameters()) > EXTERNAL_BYTES
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     _export_graph(graph, tensors, tuple(feeds), [out_name, EMBEDDING_OUTPUT], dynamic, onnx_path, external)

@@ -34,8 +34,9 @@ from fusion_ser.data.schema import SAMPLE_RATE
 from fusion_ser.device import resolve_device
 from fusion_ser.errors import FusionSerError
 from fusion_ser.fusion.runs import load_combiner
-from fusion_ser.rundir import RunDir, RunInfo, attr_pred_columns, prob_columns
-from fusion_ser.segment import SegmentConfig, aggregate, covering_windows, cut, fit_to_limit, split
+from fusion_ser.prediction_values import aggregate_values, numbers, row_values
+from fusion_ser.rundir import RunDir, RunInfo
+from fusion_ser.segment import SegmentConfig, covering_windows, cut, fit_to_limit, split
 
 log = logging.getLogger(__name__)
 
@@ -266,13 +267,6 @@ class Predictor(ABC):
             return waveform(item, name, MIN_SECONDS, SAMPLE_RATE)
         return load_audio(item, sample_rate=SAMPLE_RATE, min_seconds=MIN_SECONDS)
 
-    def _row_values(self, row: dict) -> dict:
-        info = self.info
-        if info.task == "categorical":
-            probs = {c: float(row[col]) for c, col in zip(info.labels, prob_columns(info.labels))}
-            return {"label": str(row["pred"]), "probs": probs}
-        return {"attributes": {a: float(row[col]) for a, col in zip(info.attributes, attr_pred_columns(info.attributes))}}
-
     def _assemble(self, res: dict, units: list[Unit], rows: dict[str, dict], segmented: bool,
                   timing: Timings) -> None:
         """Fill one input's result from its units' prediction rows (whole-file aggregate when segmented)."""
@@ -280,15 +274,14 @@ class Predictor(ABC):
         if not parts:
             res["error"] = f"{res['input']}: no usable audio for the model (every segment was unreadable or silent)"
             return
-        values = [{"start": u.start, "end": u.end, "transcript": u.text, **self._row_values(rows.pop(u.uid))}
+        values = [{"start": u.start, "end": u.end, "transcript": u.text, **row_values(self.info, rows.pop(u.uid))}
                   for u in parts]
         for v in values:
-            numbers = v.get("probs") or v.get("attributes") or {}
-            if not np.isfinite(list(numbers.values())).all():
-                raise PredictError(f"{res['input']}: run '{self.run_dir}' gave non-finite outputs ({numbers}); its "
+            if not np.isfinite(numbers(v)).all():
+                raise PredictError(f"{res['input']}: run '{self.run_dir}' gave non-finite outputs ({numbers(v)}); its "
                                    "weights are damaged or its training diverged: train the run again")
         if segmented:
-            res.update(self._aggregate(values))
+            res.update(aggregate_values(self.info, values))
             res["transcript"] = " ".join(v["transcript"] for v in values if v["transcript"])
             res["segments"] = values
             res["skipped_segments"] = len(units) - len(parts)
@@ -324,15 +317,6 @@ class Predictor(ABC):
             for v in res.get("segments", []):
                 v["transcript"] = None
         res["timing"] = {k: round(t, 6) for k, t in timing.items()}
-
-    def _aggregate(self, values: list[dict]) -> dict:
-        """Whole-file values: duration-weighted mean of the segments' probabilities / attribute values."""
-        if self.info.task == "categorical":
-            flat = [{"start": v["start"], "end": v["end"], **v["probs"]} for v in values]
-            probs = aggregate(flat, list(self.info.labels))
-            return {"label": max(probs, key=probs.get), "probs": probs}
-        flat = [{"start": v["start"], "end": v["end"], **v["attributes"]} for v in values]
-        return {"attributes": aggregate(flat, list(self.info.attributes))}
 
 
 class ModelPredictor(Predictor):

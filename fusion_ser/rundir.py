@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 
 from fusion_ser.config import Config, ConfigError, config_with_overrides, read_yaml_mapping
-from fusion_ser.data.schema import CORPUS_COLUMN
+from fusion_ser.data.schema import CORPUS_COLUMN, has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
 from fusion_ser import files
 
@@ -64,7 +64,7 @@ class RunInfo:
     """What kind of run this is; enough for any reader to interpret the predictions."""
 
     kind: str  # one of RUN_KINDS
-    task: str  # categorical | attributes
+    task: str  # categorical | attributes | multitask
     labels: list[str] = field(default_factory=list)  # class order of prob_<class> columns
     attributes: list[str] = field(default_factory=list)
     modality: str = "audio"  # audio | text | both (a fusion of runs: the union of its members)
@@ -200,12 +200,30 @@ def _known(values: pd.Series) -> pd.Series:
     return values.notna() & (values.astype(str).str.strip() != "")
 
 
+def output_columns(task: str, labels: Sequence[str], attributes: Sequence[str]) -> list[str]:
+    """The columns of a run's per-row outputs, in the order models write them: prob_<class>... (categorical),
+    <attr>_pred... (attributes), both (multitask, probabilities first)."""
+    return ((prob_columns(labels) if has_classes(task) else [])
+            + (attr_pred_columns(attributes) if has_attributes(task) else []))
+
+
+def outputs_prediction_frame(utt_ids: list[str], task: str, labels: list[str], attributes: list[str],
+                             outputs: np.ndarray, truth: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """prediction_frame of model outputs laid out as output_columns (a multitask row: K probabilities, A values)."""
+    outputs = np.asarray(outputs)
+    k = len(labels) if has_classes(task) else 0
+    probs = outputs[:, :k] if has_classes(task) else None
+    values = outputs[:, k:] if has_attributes(task) else None
+    return prediction_frame(utt_ids, task, labels, attributes, probs=probs, values=values, truth=truth)
+
+
 def prediction_frame(utt_ids: list[str], task: str, labels: list[str], attributes: list[str], *,
                      probs: Optional[np.ndarray] = None, pred: Optional[np.ndarray] = None,
                      values: Optional[np.ndarray] = None, truth: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """The run-dir prediction format: utt_id, [label], pred, prob_<class>... | utt_id, [<attr>...], <attr>_pred...
+    | (multitask) both: utt_id, [label], pred, prob_<class>..., [<attr>...], <attr>_pred...
 
-    `probs` (N, K) in `labels` order (pred: their argmax unless given) or `values` (N, A) in `attributes` order.
+    `probs` (N, K) in `labels` order (pred: their argmax unless given) and/or `values` (N, A) in `attributes` order.
     `truth` (rows keyed by utt_id, any order) adds the label / attribute truth columns that hold any known value,
     and the `corpus` column of a multi-corpus manifest.
     """
@@ -214,7 +232,7 @@ def prediction_frame(utt_ids: list[str], task: str, labels: list[str], attribute
     known = truth.set_index(truth["utt_id"].astype(str)) if truth is not None else None
     if known is not None and CORPUS_COLUMN in known.columns and _known(known[CORPUS_COLUMN]).any():
         out[CORPUS_COLUMN] = known.loc[ids, CORPUS_COLUMN].to_numpy()  # metrics split by corpus
-    if task == "categorical":
+    if has_classes(task):
         if known is not None and "label" in known.columns and _known(known["label"]).any():
             out["label"] = known.loc[ids, "label"].to_numpy()
         probs = np.zeros((0, len(labels))) if probs is None else np.asarray(probs)
@@ -222,6 +240,7 @@ def prediction_frame(utt_ids: list[str], task: str, labels: list[str], attribute
         out["pred"] = np.asarray(labels, dtype=object)[index] if len(ids) else []
         for j, col in enumerate(prob_columns(labels)):
             out[col] = probs[:, j] if len(ids) else []
+    if not has_attributes(task):
         return out
     values = np.zeros((0, len(attributes))) if values is None else np.asarray(values)
     for a in attributes:

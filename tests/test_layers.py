@@ -21,7 +21,7 @@ LAYERS: list[list[str]] = [
     ["fusion_ser.config"],
     ["fusion_ser.rundir", "fusion_ser.segment", "fusion_ser.data.audio", "fusion_ser.data.augment",
      "fusion_ser.data.folds", "fusion_ser.data.manifest", "fusion_ser.data.corpora", "fusion_ser.data.sampler",
-     "fusion_ser.data.context", "fusion_ser.data.sources", "fusion_ser.data.annotations"],
+     "fusion_ser.data.context", "fusion_ser.data.sources", "fusion_ser.data.annotations", "fusion_ser.prediction_values"],
     ["fusion_ser.encoders"],
     ["fusion_ser.data.feature_cache", "fusion_ser.data.frame_store", "fusion_ser.data.dataset",
      "fusion_ser.data.selection", "fusion_ser.data.prepare"],

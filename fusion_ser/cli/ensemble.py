@@ -19,6 +19,9 @@ from fusion_ser.cli.fuse import summary_lines
          "fitted on dev; mlp: a small MLP on the members' log-posteriors (attribute values) fitted on dev; soup: "
          "the mean of the weights of trained runs of one architecture, one model (one forward pass).",
 )
+@click.option("--attribute-method", type=click.Choice(["mean", "stacking", "mlp"]), default=None,
+              help="Multitask runs: how their attribute predictions are combined (--method combines their "
+                   "posteriors); default: --method where it applies to attributes, else mean.")
 @click.option("--folds", default=5, type=int, help="Folds of the cross-validation inside dev (stacking).")
 @click.option("--C", "C", default=1.0, type=float, help="Inverse L2 strength of the stacking logistic regression.")
 @click.option("--alpha", default=None, type=float,
@@ -28,10 +31,10 @@ from fusion_ser.cli.fuse import summary_lines
 @click.option("--seed", default=0, type=int, help="Seed of the dev folds.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty output folder.")
 @handle_errors
-def command(runs, output, method, folds, C, alpha, hidden, seed, force) -> None:
+def command(runs, output, method, attribute_method, folds, C, alpha, hidden, seed, force) -> None:
     """Ensemble trained, fused or ensembled runs into a new run dir."""
     from fusion_ser.fusion.ensemble import ensemble_runs
 
-    result = ensemble_runs(list(runs), output, method=method, folds=folds, C=C, alpha=alpha, hidden=hidden,
+    result = ensemble_runs(list(runs), output, method=method, attribute_method=attribute_method, folds=folds, C=C, alpha=alpha, hidden=hidden,
                            seed=seed, force=force)
     click.echo("\n".join(summary_lines(result, "ensembled run")))

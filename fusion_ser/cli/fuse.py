@@ -63,6 +63,12 @@ def _fmt(value) -> str:
     help="auto: lr (logistic regression on log-posteriors) for categorical runs, interp (per-attribute weights) for attributes.",
 )
 @click.option(
+    "--attribute-method",
+    type=click.Choice(["auto", "interp", "ridge", "mean"]),
+    default="auto",
+    help="Multitask runs: how their attribute predictions are fused (--method fuses their posteriors); auto: interp.",
+)
+@click.option(
     "--form",
     type=click.Choice(["auto", "full", "weights"]),
     default="auto",
@@ -83,12 +89,12 @@ def _fmt(value) -> str:
 @click.option("--seed", default=0, type=int, help="Seed of the dev folds and of the balanced subset.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty output folder.")
 @handle_errors
-def command(runs, output, method, form, prior, balanced_subset, folds, C, alpha, grid_step, seed, force) -> None:
+def command(runs, output, method, attribute_method, form, prior, balanced_subset, folds, C, alpha, grid_step, seed, force) -> None:
     """Fuse trained runs on their dev predictions into a new run dir (evaluate, compare and predict work on it)."""
     from fusion_ser.fusion.late import late_fuse
 
     result = late_fuse(
-        list(runs), output, method=method, form=form, prior=prior, balanced=balanced_subset, folds=folds, C=C,
+        list(runs), output, method=method, attribute_method=attribute_method, form=form, prior=prior, balanced=balanced_subset, folds=folds, C=C,
         alpha=alpha, grid_step=grid_step, seed=seed, force=force,
     )
     click.echo("\n".join(summary_lines(result, "fused run")))

@@ -24,10 +24,12 @@ from fusion_ser.data.audio import AudioError, audio_duration, load_audio
 from fusion_ser.data.augment import speed_perturb
 from fusion_ser.data.context import CONTEXT_COLUMN
 from fusion_ser.data.annotations import annotator_targets, vote_matrix
-from fusion_ser.data.schema import ANNOTATIONS_COLUMN, SOFT_PREFIX
+from fusion_ser.data.schema import ANNOTATIONS_COLUMN, SOFT_PREFIX, has_attributes
 from fusion_ser.data.feature_cache import FeatureCache
 from fusion_ser.data.frame_store import FrameMemory, PooledStore
 from fusion_ser.encoders.base import Encoder, pad_frames
+
+AUXILIARY_KEY = "auxiliary"  # the batch's values of multitask.auxiliary's column (list of str), for its head
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,7 @@ class EmotionDataset(Dataset):
         self.training = training
         self.seed = cfg.seed
         self.epoch = 0
+        self._speeds: tuple[int, np.ndarray] = (-1, np.zeros(0, dtype=np.int64))  # (epoch, factor index per row)
         self.needs_audio = cfg.modality in ("audio", "both")
         self.needs_text = cfg.modality in ("text", "both")
         # the previous turns of each row (data/context.py), added to the frame before rows were selected
@@ -141,10 +144,13 @@ class EmotionDataset(Dataset):
         self.votes = None  # data.soft_labels annotators: each row's votes (class indices), targets per epoch
         if cfg.data.soft_labels == "annotators" and ANNOTATIONS_COLUMN in self.df.columns:
             self.soft, self.votes = None, vote_matrix(self.df[ANNOTATIONS_COLUMN].tolist(), self.labels)
+        column = cfg.multitask.auxiliary  # the auxiliary head's targets (training; absent columns: none)
+        self.auxiliary = (self.df[column].astype(object).where(self.df[column].notna(), "").astype(str).tolist()
+                          if column is not None and column in self.df.columns else None)
         attrs = list(cfg.data.attributes)
         self.attributes = (
             self.df[attrs].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
-            if cfg.task == "attributes" else None
+            if has_attributes(cfg.task) else None
         )
 
     def __len__(self) -> int:
@@ -175,11 +181,17 @@ class EmotionDataset(Dataset):
                                  epoch=self.epoch)[0]
 
     def speed_factor(self, idx: int) -> float:
-        """The speed-perturbation factor of a row in this epoch: one of data.speed_perturb in training, else 1.0."""
+        """The speed-perturbation factor of a row in this epoch: one of data.speed_perturb in training, else 1.0.
+
+        Every row's factor of an epoch is drawn at once from (seed, epoch) (a generator per row cost more than the
+        rest of a pooled-vector item), so it stays a function of (seed, epoch, row) for resume and DDP."""
         factors = self.cfg.data.speed_perturb
         if not self.training or not factors:
             return 1.0
-        return float(factors[int(np.random.default_rng([self.seed, self.epoch, idx, 1]).integers(len(factors)))])
+        if self._speeds[0] != self.epoch:
+            draws = np.random.default_rng([self.seed, self.epoch, 1]).integers(len(factors), size=len(self))
+            self._speeds = (self.epoch, draws)
+        return float(factors[int(self._speeds[1][idx])])
 
     def _crop(self, n: int, max_n: int, idx: int) -> tuple[int, int]:
         """(start, stop) of a random window in training, of the first max_n in evaluation."""
@@ -239,6 +251,8 @@ class EmotionDataset(Dataset):
             item["soft_label"] = self.vote_target(idx)
         if self.attributes is not None:
             item["attributes"] = self.attributes[idx]
+        if self.auxiliary is not None:
+            item[AUXILIARY_KEY] = self.auxiliary[idx]
         return item
 
 
@@ -270,4 +284,6 @@ def collate(items: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
         batch["soft_label"] = torch.from_numpy(np.stack([it["soft_label"] for it in kept]))
     if "attributes" in kept[0]:
         batch["attributes"] = torch.from_numpy(np.stack([it["attributes"] for it in kept]))
+    if AUXILIARY_KEY in kept[0]:
+        batch[AUXILIARY_KEY] = [it[AUXILIARY_KEY] for it in kept]
     return batch

@@ -20,3 +20,16 @@ ATTRIBUTES = ["arousal", "valence", "dominance"]
 NON_CLASS_LABELS = ["other", "no_agreement"]
 # Every waveform inside the package is mono float32 at this rate; data/audio.py converts whatever is on disk.
 SAMPLE_RATE = 16000
+# What a run predicts: classes (Task 1), attributes (Task 2) or both from one model (multitask: two heads on one
+# pooled embedding). Code asks `has_classes` / `has_attributes` rather than comparing task names.
+TASKS = ["categorical", "attributes", "multitask"]
+
+
+def has_classes(task: str) -> bool:
+    """True when runs of `task` predict class probabilities (categorical, multitask)."""
+    return task in ("categorical", "multitask")
+
+
+def has_attributes(task: str) -> bool:
+    """True when runs of `task` predict attribute values (attributes, multitask)."""
+    return task in ("attributes", "multitask")

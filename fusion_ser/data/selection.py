@@ -23,7 +23,7 @@ from fusion_ser.data.folds import apply_fold
 from fusion_ser.data.context import with_context
 from fusion_ser.data.manifest import read_manifest
 from fusion_ser.data.annotations import vote_matrix
-from fusion_ser.data.schema import ANNOTATIONS_COLUMN, NON_CLASS_LABELS, SOFT_PREFIX
+from fusion_ser.data.schema import ANNOTATIONS_COLUMN, NON_CLASS_LABELS, SOFT_PREFIX, has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
 
 logger = logging.getLogger(__name__)
@@ -109,12 +109,21 @@ class RunData:
 
 def select_labels(cfg: Config, train: pd.DataFrame) -> list[str]:
     """cfg.data.labels, or the class labels present in the train split (sorted), without other/no_agreement."""
-    if cfg.task == "attributes":
+    if not has_classes(cfg.task):
         return []
     if cfg.data.labels:
         return list(cfg.data.labels)
     present = sorted(set(train["label"].astype(str)) - set(NON_CLASS_LABELS) - {""})
     return present
+
+
+def auxiliary_classes(cfg: Config, train: pd.DataFrame) -> Optional[list[str]]:
+    """The classes of multitask.auxiliary's head: the column's values on the train rows (sorted); None when off."""
+    column = cfg.multitask.auxiliary
+    if column is None:
+        return None
+    values = train[column].astype(object).where(train[column].notna(), "").astype(str).str.strip()
+    return sorted(set(values) - {"", "nan"})
 
 
 def _has_attributes(df: pd.DataFrame, attributes: list[str]) -> pd.Series:
@@ -153,6 +162,32 @@ def choose_text(df: pd.DataFrame, cfg: Config, source: str) -> pd.DataFrame:
     return out
 
 
+def _class_rows(cfg: Config, df: pd.DataFrame, train: pd.DataFrame, source: str) -> tuple[list[str], pd.Series]:
+    """The run's classes and which train rows are class targets (a class label, or a no-agreement row with a
+    distribution when data.keep_no_agreement and soft targets ask for it)."""
+    labels = select_labels(cfg, train)
+    is_class = train["label"].isin(labels)
+    if cfg.data.soft_labels == "annotators":  # targets from the votes (data/annotations.py)
+        if ANNOTATIONS_COLUMN not in df.columns:
+            raise SelectionError(f"{source}: data.soft_labels=annotators needs an '{ANNOTATIONS_COLUMN}' column "
+                                 "(one vote per annotator, e.g. 'anger;anger;neutral'; the MSP-Podcast adapter "
+                                 "fills it from labels_detailed); none found. Set data.soft_labels=none")
+        if cfg.data.keep_no_agreement:
+            voted = pd.Series([len(v) > 0 for v in vote_matrix(train[ANNOTATIONS_COLUMN].tolist(), labels)],
+                              index=train.index)
+            is_class = is_class | ((train["label"] == "no_agreement") & voted)
+    elif cfg.loss.type in ("soft_ce", "kl"):
+        soft_cols = [f"{SOFT_PREFIX}{c}" for c in labels if f"{SOFT_PREFIX}{c}" in df.columns]
+        if not soft_cols:
+            raise SelectionError(f"{source}: loss.type={cfg.loss.type} needs soft-label columns p_<label> "
+                                 f"(e.g. p_{labels[0] if labels else 'neutral'}) or data.soft_labels=annotators; "
+                                 "none found. Use loss.type=weighted_ce")
+        if cfg.data.keep_no_agreement:
+            mass = train[soft_cols].apply(pd.to_numeric, errors="coerce").fillna(0).sum(axis=1)
+            is_class = is_class | ((train["label"] == "no_agreement") & (mass > 0))
+    return labels, is_class
+
+
 def split_rows(df: pd.DataFrame, cfg: Config, source: str, dropped: Optional[DroppedRows] = None,
                ) -> tuple[list[str], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Train/dev/test rows usable for cfg.task; raises naming what is missing when train or dev is empty.
@@ -167,43 +202,39 @@ def split_rows(df: pd.DataFrame, cfg: Config, source: str, dropped: Optional[Dro
         df = with_context(df, cfg.text_encoder.context_turns)  # from every row with text, before any is left out
     split = df["split"].astype(str)
     train, dev, test = df[split == "train"], df[split == "dev"], df[split == "test"]
-    if cfg.task == "attributes":
+    column = cfg.multitask.auxiliary
+    if column is not None and column not in df.columns:
+        raise SelectionError(f"{source}: multitask.auxiliary names the column '{column}', which the manifest lacks; "
+                             "name one of its columns (e.g. gender) or set it to null", options=("multitask.auxiliary",))
+    if column is not None and len(auxiliary_classes(cfg, train)) < 2:
+        raise SelectionError(f"{source}: the auxiliary column '{column}' has {auxiliary_classes(cfg, train)} on the "
+                             "train rows; an auxiliary classifier needs 2 or more values (multitask.auxiliary)",
+                             options=("multitask.auxiliary",))
+    labels: list[str] = []
+    keep_train = pd.Series(False, index=train.index)
+    keep_dev = pd.Series(False, index=dev.index)
+    whats = []
+    if has_classes(cfg.task):
+        labels, is_class = _class_rows(cfg, df, train, source)
+        keep_train |= is_class
+        keep_dev |= dev["label"].isin(labels)
+        whats.append(f"rows labelled with one of {labels}" if labels else "labelled rows")
+    if has_attributes(cfg.task):
         missing = [a for a in cfg.data.attributes if a not in df.columns]
         if missing:
-            raise SelectionError(f"{source}: no column(s) {missing} for the attributes task")
-        has = _has_attributes(train, cfg.data.attributes)
-        dropped.add("train", NO_ATTRIBUTES, train.loc[~has, "utt_id"].astype(str).tolist())
-        train = train[has]
-        dev_known = dev[_has_attributes(dev, cfg.data.attributes)]
-        what = f"rows with any of {list(cfg.data.attributes)}"
-        labels: list[str] = []
+            raise SelectionError(f"{source}: no column(s) {missing} for the {cfg.task} task")
+        keep_train |= _has_attributes(train, cfg.data.attributes)
+        keep_dev |= _has_attributes(dev, cfg.data.attributes)
+        whats.append(f"rows with any of {list(cfg.data.attributes)}")
+    if has_classes(cfg.task):
+        _label_reasons(train[~keep_train], labels, dropped, "train")
     else:
-        labels = select_labels(cfg, train)
-        is_class = train["label"].isin(labels)
-        if cfg.data.soft_labels == "annotators":  # targets from the votes (data/annotations.py)
-            if ANNOTATIONS_COLUMN not in df.columns:
-                raise SelectionError(f"{source}: data.soft_labels=annotators needs an '{ANNOTATIONS_COLUMN}' column "
-                                     "(one vote per annotator, e.g. 'anger;anger;neutral'; the MSP-Podcast adapter "
-                                     "fills it from labels_detailed); none found. Set data.soft_labels=none")
-            if cfg.data.keep_no_agreement:
-                voted = pd.Series([len(v) > 0 for v in vote_matrix(train[ANNOTATIONS_COLUMN].tolist(), labels)],
-                                  index=train.index)
-                is_class = is_class | ((train["label"] == "no_agreement") & voted)
-        elif cfg.loss.type in ("soft_ce", "kl"):
-            soft_cols = [f"{SOFT_PREFIX}{c}" for c in labels if f"{SOFT_PREFIX}{c}" in df.columns]
-            if not soft_cols:
-                raise SelectionError(f"{source}: loss.type={cfg.loss.type} needs soft-label columns p_<label> "
-                                 f"(e.g. p_{labels[0] if labels else 'neutral'}) or data.soft_labels=annotators; "
-                                 "none found. Use loss.type=weighted_ce")
-            if cfg.data.keep_no_agreement:
-                mass = train[soft_cols].apply(pd.to_numeric, errors="coerce").fillna(0).sum(axis=1)
-                is_class = is_class | ((train["label"] == "no_agreement") & (mass > 0))
-        _label_reasons(train[~is_class], labels, dropped, "train")
-        train = train[is_class]
-        dev_known = dev[dev["label"].isin(labels)]
-        what = f"rows labelled with one of {labels}" if labels else "labelled rows"
-        if len(labels) < 2 and len(train):
-            raise SelectionError(f"{source}: the train split has {len(labels)} class(es) {labels}; a classifier needs 2 or "
+        dropped.add("train", NO_ATTRIBUTES, train.loc[~keep_train, "utt_id"].astype(str).tolist())
+    train = train[keep_train]
+    dev_known = dev[keep_dev]
+    what = " or ".join(whats)
+    if has_classes(cfg.task) and len(labels) < 2 and len(train):
+        raise SelectionError(f"{source}: the train split has {len(labels)} class(es) {labels}; a classifier needs 2 or "
                              "more (set data.labels or check the label column)")
     fold_note = f" (data.fold={cfg.data.fold})" if cfg.data.fold is not None else ""
     if len(train) == 0:
@@ -267,13 +298,15 @@ def load_run_data(cfg: Config, manifest_path: str | Path, frame: Optional[pd.Dat
 def refit_rows(cfg: Config, data: RunData) -> tuple[pd.DataFrame, Optional[np.ndarray]]:
     """Train plus the dev rows usable as training targets (labelled with a class, or with any attribute)."""
     dev = data.dev
-    if cfg.task == "attributes":
-        keep = _has_attributes(dev, cfg.data.attributes).to_numpy()
-    else:
-        keep = dev["label"].astype(str).isin(data.labels).to_numpy()
+    keep = np.zeros(len(dev), dtype=bool)
+    if has_classes(cfg.task):
+        keep |= dev["label"].astype(str).isin(data.labels).to_numpy()
+    if has_attributes(cfg.task):
+        keep |= _has_attributes(dev, cfg.data.attributes).to_numpy()
     if not keep.all():
+        reason = {"attributes": "no attribute", "categorical": "no class label"}.get(cfg.task, "neither")
         logger.info("refit on train+dev: %d of %d dev rows have no target (%s) and are not trained on",
-                    int((~keep).sum()), len(dev), "no attribute" if cfg.task == "attributes" else "no class label")
+                    int((~keep).sum()), len(dev), reason)
     frame = pd.concat([data.train, dev[keep]], ignore_index=True)
     durations = None
     if data.durations["train"] is not None and data.durations["dev"] is not None:

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
+from fusion_ser.data.schema import has_attributes, has_classes
 from fusion_ser.evaluation.metrics import headline_keys, metric_label
 from fusion_ser.rundir import RunDir, RunDirError, RunInfo, atomic_write_text, read_run_config
 
@@ -33,8 +34,8 @@ def _ordered_splits(metrics: dict) -> list[str]:
 
 
 def _pipeline_tag(info: RunInfo) -> Optional[str]:
-    """The Hugging Face task of a categorical run (there is none for attribute regression)."""
-    if info.task != "categorical":
+    """The Hugging Face task of a categorical or multitask run (there is none for attribute regression)."""
+    if not has_classes(info.task):
         return None
     return "text-classification" if info.modality == "text" else "audio-classification"
 
@@ -118,8 +119,9 @@ def _combiner(run: RunDir) -> Optional[dict]:
 
 
 def _model_section(run: RunDir, info: RunInfo, values: dict, provenance: dict) -> list[str]:
-    task = (f"emotion classification into {len(info.labels)} classes" if info.task == "categorical"
-            else "emotion attribute regression (" + ", ".join(info.attributes) + ")")
+    parts = ([f"emotion classification into {len(info.labels)} classes"] if has_classes(info.task) else []) + (
+        ["emotion attribute regression (" + ", ".join(info.attributes) + ")"] if has_attributes(info.task) else [])
+    task = " and ".join(parts) + (" by one model with two heads" if info.task == "multitask" else "")
     lines = ["## Model", "", f"- task: {task}", f"- input: {info.modality}"
              + (" (text: a transcript, made by the packaged Whisper when none is given)"
                 if info.modality in ("text", "both") else " (16 kHz mono waveform)")]
@@ -153,12 +155,15 @@ def _model_section(run: RunDir, info: RunInfo, values: dict, provenance: dict) -
 
 
 def _outputs_section(info: RunInfo, values: dict) -> list[str]:
-    if info.task == "categorical":
-        return ["## Labels", "", "Class order of the probabilities:", ""] + [
+    lines = []
+    if has_classes(info.task):
+        lines += ["## Labels", "", "Class order of the probabilities:", ""] + [
             f"{i}. {c}" for i, c in enumerate(info.labels)] + [""]
-    rng = (values.get("data") or {}).get("attribute_range")
-    scale = f" on the corpus scale [{rng[0]}, {rng[1]}]" if rng else ""
-    return ["## Attributes", "", f"Predicted{scale}, in this order: " + ", ".join(info.attributes) + ".", ""]
+    if has_attributes(info.task):
+        rng = (values.get("data") or {}).get("attribute_range")
+        scale = f" on the corpus scale [{rng[0]}, {rng[1]}]" if rng else ""
+        lines += ["## Attributes", "", f"Predicted{scale}, in this order: " + ", ".join(info.attributes) + ".", ""]
+    return lines
 
 
 def _data_section(info: RunInfo, provenance: dict) -> list[str]:
@@ -211,12 +216,12 @@ def _limits_section(info: RunInfo, values: dict, provenance: dict) -> list[str]:
              "hold for that corpus's splits only; expect lower figures on other domains.",
              "- Language: that of the training corpus. The packaged Whisper tiny.en (transcripts; the default audio "
              "encoder) and the default text model are English models."]
-    if info.task == "categorical":
+    if has_classes(info.task):
         lines.append(f"- Unknown classes: the model always answers one of its {len(info.labels)} classes "
                      f"({', '.join(info.labels)}); speech showing any other emotion, or none the annotators agreed on "
                      f"({' / '.join(NON_CLASS)} rows, left out of training), is forced into one of them. Use the "
                      "probabilities, not only the top class, to notice uncertain cases.")
-    else:
+    if has_attributes(info.task):
         lines.append("- Attribute values are not clipped to the scale and may fall slightly outside it.")
     lines += ["- Emotion recognised from voice or words is what the speech expresses, not what a person feels. "
               "Do not use it for decisions about individuals (hiring, health, policing, credit) or to monitor "
@@ -240,7 +245,8 @@ def model_card(run: RunDir, info: RunInfo, metrics: dict) -> str:
     front = _front_matter(run, info, metrics, values, provenance)
     noun = {"audio": "an audio model", "text": "a text model", "both": "an audio + text attention-fusion model"}
     what = ((noun.get(info.modality, "a model") if info.kind == "model" else f"a {info.kind} of runs") + " for "
-            + ("speech emotion classification" if info.task == "categorical" else "emotion attribute regression"))
+            + {"categorical": "speech emotion classification", "attributes": "emotion attribute regression",
+               "multitask": "speech emotion classification and attribute regression"}.get(info.task, info.task))
     config = dict(values)
     if provenance:
         config["_run"] = provenance

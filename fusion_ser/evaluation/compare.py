@@ -1,7 +1,8 @@
 """Leaderboard-style comparison of runs against a baseline on the same utterances, written as md, html, csv or json.
 
 Each run gets its headline figures with bootstrap 95 % intervals and its difference to the baseline with a paired
-interval and a permutation p-value; runs are ranked by macro-F1 (categorical) or mean CCC (attributes).
+interval and a permutation p-value; runs are ranked by macro-F1 (categorical), mean CCC (attributes) or the multitask
+score; multitask runs beside single-task runs are compared on the single task.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +23,8 @@ from fusion_ser.evaluation import plots
 from fusion_ser.evaluation.metrics import (compute_metrics, headline_keys, headline_metrics, higher_is_better, metric_label,
                                           primary_key, primary_metric)
 from fusion_ser.evaluation.report import load_speakers
-from fusion_ser.evaluation.resampling import ScoreData, bootstrap_ci, paired_test, score_data
+from fusion_ser.data.schema import has_attributes, has_classes
+from fusion_ser.evaluation.resampling import ScoreData, bootstrap_ci, paired_test, score_data, shared_task
 from fusion_ser.rundir import RunDir, RunInfo, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,24 @@ def _headline_columns(info: RunInfo) -> list[str]:
     return headline_metrics(info.task, attrs)
 
 
+def _task_views(infos: dict[str, RunInfo], base_name: str) -> dict[str, RunInfo]:
+    """Every run seen as a run of the task they share (resampling.shared_task): multitask runs among single-task
+    ones are compared on that task; runs of two different single tasks cannot be compared."""
+    task = infos[base_name].task
+    for name, info in infos.items():
+        shared = shared_task(task, info.task)
+        if shared is None:
+            raise CompareError(f"run '{name}' is a {info.task} run but the baseline '{base_name}' is "
+                               f"{infos[base_name].task}; compare runs of one task (a multitask run compares with "
+                               "either)")
+        task = shared
+    if any(info.task != task for info in infos.values()):
+        log.info("comparing on the %s task: the multitask runs are scored on that part", task)
+    return {name: replace(info, task=task, labels=list(info.labels) if has_classes(task) else [],
+                          attributes=list(info.attributes) if has_attributes(task) else [])
+            for name, info in infos.items()}
+
+
 def _common_utterances(data: dict[str, ScoreData], baseline: str, intersect: bool) -> np.ndarray:
     sets = {name: set(d.utt_ids) for name, d in data.items()}
     common = set.intersection(*sets.values())
@@ -97,14 +117,12 @@ def compare_runs(runs: list[str | Path], baseline: str | Path, *, split: str = "
         infos[name] = rd.require_complete()
         frames[name] = rd.read_predictions(split)
         sources[name] = str(rd.predictions_path(split))
+    infos = _task_views(infos, base_name)
     base_info = infos[base_name]
     for name, info in infos.items():
-        if info.task != base_info.task:
-            raise CompareError(f"run '{name}' is a {info.task} run but the baseline '{base_name}' is {base_info.task}; "
-                               "compare runs of one task")
-        if info.task == "categorical" and list(info.labels) != list(base_info.labels):
+        if has_classes(info.task) and list(info.labels) != list(base_info.labels):
             raise CompareError(f"run '{name}' has classes {info.labels} but the baseline '{base_name}' has {base_info.labels}")
-        if info.task == "attributes" and list(info.attributes) != list(base_info.attributes):
+        if has_attributes(info.task) and list(info.attributes) != list(base_info.attributes):
             raise CompareError(f"run '{name}' predicts {info.attributes} but the baseline '{base_name}' predicts {base_info.attributes}")
     data = {name: score_data(frames[name], infos[name], source=sources[name]) for name in names}
     if any(d.n == 0 for d in data.values()):
@@ -135,14 +153,15 @@ def compare_runs(runs: list[str | Path], baseline: str | Path, *, split: str = "
     table = pd.DataFrame(rows).sort_values(primary, ascending=ascending, kind="stable").reset_index(drop=True)
     table.insert(0, "rank", table[primary].rank(ascending=ascending, method="min").astype(int))
     table.insert(2, "baseline", table["run"] == base_name)
-    if base_info.task == "categorical":
-        per_class = pd.DataFrame({name: metrics[name]["per_class_f1"] for name in table["run"]})
+    tables, confusions = [], {}
+    if has_classes(base_info.task):
+        tables.append(pd.DataFrame({name: metrics[name]["per_class_f1"] for name in table["run"]}))
         confusions = {name: metrics[name]["confusion_matrix"] for name in table["run"]}
-    else:
+    if has_attributes(base_info.task):
         keys = [k for a in base_info.attributes for k in (f"ccc_{a}", f"pearson_{a}", f"mse_{a}", f"mse_{a}_low",
                                                           f"mse_{a}_mid", f"mse_{a}_high")]
-        per_class = pd.DataFrame({name: {k: metrics[name].get(k, np.nan) for k in keys} for name in table["run"]})
-        confusions = {}
+        tables.append(pd.DataFrame({name: {k: metrics[name].get(k, np.nan) for k in keys} for name in table["run"]}))
+    per_class = pd.concat(tables)
     settings = {"n_boot": n_boot, "n_perm": n_perm, "seed": seed, "unit": "speaker" if by_speaker else "utterance",
                 "intersect": intersect, "runs": {name: str(p) for name, p in zip(names, paths)}}
     return Comparison(split, base_info.task, base_name, len(common), table, per_class, _headline_columns(base_info),
@@ -190,13 +209,13 @@ def _figures(comp: Comparison, stem: Path) -> dict[str, Path]:
     """The comparison figures, written next to the report as <stem>_<name>.png."""
     figs = {}
     runs = list(comp.table["run"])
-    if comp.task == "categorical":
+    if has_classes(comp.task):
         figs["per-class F1 bars"] = plots.plot_per_class_f1({r: comp.metrics[r]["per_class_f1"] for r in runs},
                                                        stem.with_name(stem.name + "_per_class_f1.png"))
         labels = comp.metrics[runs[0]]["labels"]
         figs["confusion matrices (row-normalised)"] = plots.plot_confusion_grid(
             comp.confusions, labels, stem.with_name(stem.name + "_confusions.png"))
-    else:
+    if has_attributes(comp.task):
         attrs = [k.removeprefix("ccc_") for k in comp.metrics[runs[0]] if k.startswith("ccc_") and k != "ccc_mean"]
         figs["MSE by ground-truth range"] = plots.plot_mse_by_range({r: comp.metrics[r] for r in runs}, attrs,
                                                                     stem.with_name(stem.name + "_mse_by_range.png"))
@@ -215,9 +234,14 @@ def _notes(comp: Comparison) -> list[str]:
     return notes
 
 
+DETAIL_COLUMN = {"categorical": "class", "attributes": "figure", "multitask": "class / figure"}
+DETAIL_TITLE = {"categorical": "Per-class F1", "attributes": "Per-attribute figures",
+                "multitask": "Per-class F1 and per-attribute figures"}
+
+
 def _per_class_display(comp: Comparison) -> pd.DataFrame:
     df = comp.per_class.map(lambda v: "n/a" if pd.isna(v) else f"{v:.4f}")
-    df.insert(0, "class" if comp.task == "categorical" else "figure", df.index)
+    df.insert(0, DETAIL_COLUMN[comp.task], df.index)
     return df.reset_index(drop=True)
 
 
@@ -225,7 +249,7 @@ def to_markdown(comp: Comparison, path: Path) -> str:
     """Markdown report; figures are written beside it and linked by relative path."""
     figs = _figures(comp, path.with_suffix(""))
     lines = [f"# Comparison on {comp.split}", "", *_notes(comp), "", _md_table(_display_table(comp)), "",
-             "## Per-class F1" if comp.task == "categorical" else "## Per-attribute figures", "",
+             f"## {DETAIL_TITLE[comp.task]}", "",
              _md_table(_per_class_display(comp)), ""]
     for title, p in figs.items():
         lines += [f"## {_heading(title)}", "", f"![{title}]({p.name})", ""]
@@ -265,12 +289,14 @@ def to_html(comp: Comparison, path: Path) -> str:
         figs = {title: htmlpage.image(p, _heading(title)) for title, p in _figures(comp, Path(tmp) / path.stem).items()}
     notes = "".join(f"<p class=\"muted\">{htmlpage.esc(n)}</p>" for n in _notes(comp))
     per_class = _per_class_display(comp)
-    if comp.task != "categorical":
-        per_class["figure"] = [_figure_label(k) for k in per_class["figure"]]
-    sub = "Per-class F1" if comp.task == "categorical" else "Per-attribute figures (CCC, Pearson r, MSE by range)"
+    if has_attributes(comp.task):
+        column = DETAIL_COLUMN[comp.task]
+        classes = set(comp.metrics[comp.baseline].get("labels", [])) if has_classes(comp.task) else set()
+        per_class[column] = [k if k in classes else _figure_label(k) for k in per_class[column]]
+    sub = {**DETAIL_TITLE, "attributes": "Per-attribute figures (CCC, Pearson r, MSE by range)"}[comp.task]
     detail = htmlpage.table(list(per_class.columns), per_class.itertuples(index=False))
     sections = [("leaderboard", "Leaderboard", _html_leaderboard(comp)),
-                ("per-class" if comp.task == "categorical" else "attributes", sub,
+                ({"attributes": "attributes", "multitask": "detail"}.get(comp.task, "per-class"), sub,
                  detail + "".join(v for k, v in figs.items() if "confusion" not in k))]
     sections += [("confusion", "Confusion matrices", v) for k, v in figs.items() if "confusion" in k]
     return htmlpage.page(f"Comparison on {comp.split}", notes, sections)

@@ -17,6 +17,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from fusion_ser.data.schema import has_attributes, has_classes
 from fusion_ser.evaluation.metrics import headline_keys, metric_label
 from fusion_ser.rundir import RunDir, RunInfo, atomic_write_text
 
@@ -119,7 +120,7 @@ def _headline_table(info: RunInfo, results: dict[str, dict]) -> str:
 
 
 def _categorical_sections(results: dict[str, dict], figures: dict[str, dict[str, Path]]) -> list[tuple[str, str, str]]:
-    splits = [s for s in results if results[s].get("n", 0) > 0]
+    splits = [s for s in results if results[s].get("n", 0) > 0 and "labels" in results[s]]
     if not splits:
         return []
     labels = list(dict.fromkeys(c for s in splits for c in results[s]["labels"]))  # splits may add unknown classes
@@ -171,9 +172,9 @@ def run_report_html(run: RunDir, info: RunInfo, results: dict[str, dict], figure
     if info.members:
         intro += "<p class=\"muted\">members: " + esc(", ".join(info.members)) + "</p>"
     sections = [("headline", "Headline figures", _headline_table(info, results))]
-    if info.task == "categorical":
+    if has_classes(info.task):
         sections += _categorical_sections(results, figures)
-    else:
+    if has_attributes(info.task):
         sections += _attribute_sections(info, results, figures)
     if curves is not None:
         sections.append(("training", "Training", image(curves, "losses and dev figures per epoch")))

@@ -190,58 +190,92 @@ def compute_metrics(df: pd.DataFrame, info: RunInfo, *, source: str = "predictio
     truth) and `unscored` their count by reason; `n_unknown_class` scored rows whose label is not a class of the
     run (errors by construction) and `unknown_classes` their count per label.
 
+    A multitask frame has both sets of figures: the class figures as they are, the attribute figures with their
+    counts under `attributes` (n, n_skipped, unscored), and `multitask_score` (MULTITASK_SCORE).
     `source` (e.g. the predictions file) names the frame in error messages."""
     if info.task == "categorical":
-        y, p, known = categorical_arrays(df, info, source)
-        skipped = int((~known).sum())
-        unscored = {"unscored": unscored_reasons(df, info)} if skipped else {}
-        if skipped:
-            log.info("%d of %d rows have no ground truth (%s) and are not scored", skipped, len(df), unscored["unscored"])
-        if len(y) == 0:
-            return {"n": 0, "n_skipped": skipped, **unscored}
-        classes = scored_classes(df, info)
-        out = {**categorical_metrics(y, p, classes, scoring_policy(info)[0]), "n_skipped": skipped, **unscored}
-        k = len(info.labels)
-        out["n_unknown_class"] = int((y >= k).sum())
-        if out["n_unknown_class"]:
-            out["unknown_classes"] = {c: int((y == i).sum()) for i, c in enumerate(classes) if i >= k}
-            log.info("%s: %d row(s) are labelled with classes the run does not know (%s); they count as errors",
-                        source, out["n_unknown_class"], out["unknown_classes"])
-        return out
+        return categorical_figures(df, info, source)
     if info.task == "attributes":
-        if not info.attributes:
-            raise MetricsError(f"{source}: run.json lists no attributes for an attribute run; rewrite it with the predicted attributes")
-        out: dict = {}
-        any_known = np.zeros(len(df), dtype=bool)
-        cccs = []
-        for a in info.attributes:
-            truth, pred, known = attribute_arrays(df, a, source)
-            any_known |= known
-            if len(truth) == 0:
-                continue
-            out.update(attribute_metrics(truth, pred, a))
-            cccs.append(out[f"ccc_{a}"])
-        if cccs:
-            out["ccc_mean"] = float(np.mean(cccs))
-        out["n"] = int(any_known.sum())
-        out["n_skipped"] = int((~any_known).sum())
-        if out["n_skipped"]:
-            out["unscored"] = {NO_ATTRIBUTE: out["n_skipped"]}
+        return attribute_figures(df, info, source)
+    if info.task == "multitask":
+        classes = categorical_figures(df, info, source)
+        attrs = attribute_figures(df, info, source)
+        counts = {k: attrs.pop(k) for k in ("n", "n_skipped", "unscored") if k in attrs}
+        out = {**classes, **attrs, "attributes": counts}
+        if "macro_f1" in out and "ccc_mean" in out:
+            out["multitask_score"] = float(multitask_score(out["macro_f1"], out["ccc_mean"]))
         return out
-    raise MetricsError(f"{source}: run.json task '{info.task}' is not one of ['categorical', 'attributes']")
+    raise MetricsError(f"{source}: run.json task '{info.task}' is not one of ['categorical', 'attributes', 'multitask']")
+
+
+MULTITASK_SCORE = "the mean of macro-F1 (Task 1) and mean CCC (Task 2)"
+
+
+def multitask_score(macro, ccc_mean):
+    """How a multitask run is selected and ranked: (macro-F1 + mean CCC) / 2, the two challenge metrics with equal
+    weight (both near [0, 1]; an epoch must trade one track for the other to lose). Floats or arrays (resamples)."""
+    return (macro + ccc_mean) / 2.0
+
+
+def categorical_figures(df: pd.DataFrame, info: RunInfo, source: str = "predictions") -> dict:
+    """The class figures of compute_metrics (of a categorical or multitask frame)."""
+    y, p, known = categorical_arrays(df, info, source)
+    skipped = int((~known).sum())
+    unscored = {"unscored": unscored_reasons(df, info)} if skipped else {}
+    if skipped:
+        log.info("%d of %d rows have no ground truth (%s) and are not scored", skipped, len(df), unscored["unscored"])
+    if len(y) == 0:
+        return {"n": 0, "n_skipped": skipped, **unscored}
+    classes = scored_classes(df, info)
+    out = {**categorical_metrics(y, p, classes, scoring_policy(info)[0]), "n_skipped": skipped, **unscored}
+    k = len(info.labels)
+    out["n_unknown_class"] = int((y >= k).sum())
+    if out["n_unknown_class"]:
+        out["unknown_classes"] = {c: int((y == i).sum()) for i, c in enumerate(classes) if i >= k}
+        log.info("%s: %d row(s) are labelled with classes the run does not know (%s); they count as errors",
+                 source, out["n_unknown_class"], out["unknown_classes"])
+    return out
+
+
+def attribute_figures(df: pd.DataFrame, info: RunInfo, source: str = "predictions") -> dict:
+    """The attribute figures of compute_metrics (of an attributes or multitask frame)."""
+    if not info.attributes:
+        raise MetricsError(f"{source}: run.json lists no attributes for a {info.task} run; rewrite it with the "
+                           "predicted attributes")
+    out: dict = {}
+    any_known = np.zeros(len(df), dtype=bool)
+    cccs = []
+    for a in info.attributes:
+        truth, pred, known = attribute_arrays(df, a, source)
+        any_known |= known
+        if len(truth) == 0:
+            continue
+        out.update(attribute_metrics(truth, pred, a))
+        cccs.append(out[f"ccc_{a}"])
+    if cccs:
+        out["ccc_mean"] = float(np.mean(cccs))
+    out["n"] = int(any_known.sum())
+    out["n_skipped"] = int((~any_known).sum())
+    if out["n_skipped"]:
+        out["unscored"] = {NO_ATTRIBUTE: out["n_skipped"]}
+    return out
 
 
 def headline_metrics(task: str, attributes: Sequence[str] = ()) -> list[str]:
     """The figures a leaderboard reports for a task (and that get confidence intervals): macro-F1, micro-F1, UAR
-    and accuracy of a categorical run; the CCC of each attribute (in `attributes` order) and their mean."""
-    if task == "categorical":
-        return ["macro_f1", "micro_f1", "uar", "accuracy"]
-    return [f"ccc_{a}" for a in attributes] + ["ccc_mean"]
+    and accuracy of a categorical run; the CCC of each attribute (in `attributes` order) and their mean; all of
+    those and multitask_score for a multitask run."""
+    classes = ["macro_f1", "micro_f1", "uar", "accuracy"]
+    attrs = [f"ccc_{a}" for a in attributes] + ["ccc_mean"]
+    if task == "multitask":
+        return classes + attrs + ["multitask_score"]
+    return classes if task == "categorical" else attrs
 
 
 def primary_metric(task: str) -> str:
-    """The figure runs of a task are ranked (and by default selected) by: macro-F1 (Task 1) or mean CCC (Task 2)."""
-    return "macro_f1" if task == "categorical" else "ccc_mean"
+    """The figure runs of a task are ranked (and by default selected) by: macro-F1 (Task 1), mean CCC (Task 2), or
+    multitask_score for a multitask run."""
+    return {"categorical": "macro_f1", "multitask": "multitask_score"}.get(task, "ccc_mean")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -260,7 +294,7 @@ def primary_key(info: RunInfo) -> str:
 
 
 METRIC_LABELS = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "weighted_f1": "weighted-F1", "uar": "UAR",
-                 "accuracy": "accuracy", "ccc_mean": "mean CCC"}
+                 "accuracy": "accuracy", "ccc_mean": "mean CCC", "multitask_score": "multitask score"}
 
 
 def metric_label(key: str) -> str:

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from fusion_ser.data.schema import CORPUS_COLUMN
+from fusion_ser.data.schema import CORPUS_COLUMN, has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
 from fusion_ser.evaluation import plots
 from fusion_ser.evaluation.metrics import attribute_arrays, compute_metrics, headline_keys
@@ -97,10 +97,11 @@ def _split_figures(run: RunDir, info: RunInfo, split: str, metrics: dict, df: pd
     out: dict[str, Path] = {}
     if metrics["n"] == 0:
         return out
-    if info.task == "categorical":
+    if has_classes(info.task) and "confusion_matrix" in metrics:
         out["confusion"] = plots.plot_confusion(metrics["confusion_matrix"], metrics.get("labels", info.labels),
                                                 run.path / f"{split}_confusion.png", f"{split}: confusion (row-normalised)")
         out["per_class_f1"] = plots.plot_per_class_f1({split: metrics["per_class_f1"]}, run.path / f"{split}_per_class_f1.png")
+    if not has_attributes(info.task):
         return out
     for a in info.attributes:
         truth, pred, _ = attribute_arrays(df, a)
@@ -134,7 +135,8 @@ def _attribute_section(metrics: dict, info: RunInfo, figs: dict[str, Path]) -> l
                      f"{metrics[f'n_{a}']} |")
     lines.append("")
     for key, path in figs.items():
-        lines += [f"![{key}]({path.name})", ""]
+        if key not in ("confusion", "per_class_f1"):  # the class section's figures
+            lines += [f"![{key}]({path.name})", ""]
     return lines
 
 
@@ -179,9 +181,9 @@ def write_report(run: RunDir, info: RunInfo, results: dict[str, dict], figures: 
                   "| metric | value [95 % CI] |", "|---|---|"]
         lines += [f"| {k} | {_ci_cell(metrics['ci'], k)} |" for k in headline_keys(info) if k in metrics["ci"]]
         lines.append("")
-        if info.task == "categorical":
+        if has_classes(info.task) and "labels" in metrics:
             lines += _categorical_section(metrics, figures[split])
-        else:
+        if has_attributes(info.task):
             lines += _attribute_section(metrics, info, figures[split])
     if curves is not None:
         lines += ["## Training", "", f"![training curves]({curves.name})", ""]

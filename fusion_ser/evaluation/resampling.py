@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from fusion_ser.errors import FusionSerError
-from fusion_ser.evaluation.metrics import (attribute_arrays, categorical_arrays, headline_keys, scored_classes,
-                                           scoring_policy)
+from fusion_ser.data.schema import has_attributes, has_classes
+from fusion_ser.evaluation.metrics import (attribute_arrays, categorical_arrays, headline_keys, multitask_score,
+                                           scored_classes, scoring_policy)
 from fusion_ser.rundir import RunInfo
 
 CHUNK = 256  # resamples evaluated at once (bounds memory on large test sets)
@@ -34,6 +35,7 @@ class ScoreData:
     utt_ids: np.ndarray
     y: Optional[np.ndarray] = None  # categorical: true class index (n,)
     p: Optional[np.ndarray] = None  # categorical: predicted class index (n,)
+    scored: Optional[np.ndarray] = None  # categorical: (n,) bool, the rows with a class truth (multitask: not all)
     truth: Optional[np.ndarray] = None  # attributes: (n, A), 0 where unknown
     pred: Optional[np.ndarray] = None  # attributes: (n, A), 0 where unknown
     known: Optional[np.ndarray] = None  # attributes: (n, A) bool
@@ -55,18 +57,46 @@ class ScoreData:
             raise ResamplingError("some requested utterances have no scored prediction in this run")
         idx = idx.astype(np.int64)
         take = {k: (None if v is None else v[idx]) for k, v in
-                dict(y=self.y, p=self.p, truth=self.truth, pred=self.pred, known=self.known).items()}
+                dict(y=self.y, p=self.p, scored=self.scored, truth=self.truth, pred=self.pred,
+                     known=self.known).items()}
         return replace(self, utt_ids=np.asarray(utt_ids, dtype=object), **take)
 
     def figures(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """Headline figures under each row of utterance weights (B, n); a row of ones gives the point estimate."""
-        if self.info.task == "categorical":
-            average, _ = scoring_policy(self.info)
-            over = None if average is None else np.isin(self.classes or self.info.labels, average)
-            return _class_figures(weights @ _pair_onehot(self.y, self.p, self.n_classes), self.n_classes, over)
-        attrs = self.info.attributes
-        return _attribute_figures(attrs, [weights @ _moments(self.truth[:, j], self.pred[:, j], self.known[:, j])
-                                          for j in range(len(attrs))])
+        out: dict[str, np.ndarray] = {}
+        if has_classes(self.info.task):
+            out.update(_class_figures(weights @ self.onehot(), self.n_classes, self.averaged()))
+        if has_attributes(self.info.task):
+            attrs = self.info.attributes
+            out.update(_attribute_figures(attrs, [weights @ _moments(self.truth[:, j], self.pred[:, j],
+                                                                      self.known[:, j]) for j in range(len(attrs))]))
+        return _with_multitask_score(self.info.task, out)
+
+    def onehot(self, p: Optional[np.ndarray] = None) -> np.ndarray:
+        """(n, K*K) cell indicators of (truth, prediction `p`, default the run's own), zero on unscored rows."""
+        return _pair_onehot(self.y, self.p if p is None else p, self.n_classes, self.scored)
+
+    def averaged(self) -> Optional[np.ndarray]:
+        """(K,) bool: the classes macro-F1 and UAR average over (an evaluation run's shared classes), or None."""
+        average, _ = scoring_policy(self.info)
+        return None if average is None else np.isin(self.classes or self.info.labels, average)
+
+    def as_task(self, task: str) -> "ScoreData":
+        """A multitask run seen as a run of one of its parts (categorical or attributes): that part's rows and
+        arrays, so it can be compared with a single-task run."""
+        if task == self.info.task:
+            return self
+        if self.info.task != "multitask" or task not in ("categorical", "attributes"):
+            raise ResamplingError(f"a {self.info.task} run cannot be scored as a {task} run")
+        rows = self.scored if task == "categorical" else self.known.any(axis=1)
+        labels = list(self.info.labels) if task == "categorical" else []
+        attributes = list(self.info.attributes) if task == "attributes" else []
+        info = replace(self.info, task=task, labels=labels, attributes=attributes)
+        view = replace(self, info=info)
+        view = view.subset(self.utt_ids[rows])
+        if task == "categorical":
+            return replace(view, truth=None, pred=None, known=None)
+        return replace(view, y=None, p=None, scored=None, classes=None)
 
 
 def score_data(df: pd.DataFrame, info: RunInfo, *, source: str = "predictions") -> ScoreData:
@@ -76,25 +106,42 @@ def score_data(df: pd.DataFrame, info: RunInfo, *, source: str = "predictions") 
     if dup.any():
         raise ResamplingError(f"{source}: {int(dup.sum())} utt_id(s) occur twice (e.g. '{utt[dup.to_numpy()][0]}'); "
                               "each utterance must have one prediction")
-    if info.task == "categorical":
-        y, p, known = categorical_arrays(df, info, source)
-        return ScoreData(info, utt[known], y=y, p=p, classes=scored_classes(df, info))
-    n_attr = len(info.attributes)
-    truth = np.zeros((len(df), n_attr))
-    pred = np.zeros((len(df), n_attr))
-    known = np.zeros((len(df), n_attr), dtype=bool)
-    for j, a in enumerate(info.attributes):
-        t, q, k = attribute_arrays(df, a, source)
-        truth[k, j], pred[k, j], known[:, j] = t, q, k
-    rows = known.any(axis=1)
-    return ScoreData(info, utt[rows], truth=truth[rows], pred=pred[rows], known=known[rows])
+    rows = np.zeros(len(df), dtype=bool)
+    parts: dict = {}
+    if has_classes(info.task):
+        y, p, scored = categorical_arrays(df, info, source)
+        full_y, full_p = np.zeros(len(df), dtype=np.int64), np.zeros(len(df), dtype=np.int64)
+        full_y[scored], full_p[scored] = y, p
+        parts.update(y=full_y, p=full_p, scored=scored, classes=scored_classes(df, info))
+        rows |= scored
+    if has_attributes(info.task):
+        n_attr = len(info.attributes)
+        truth = np.zeros((len(df), n_attr))
+        pred = np.zeros((len(df), n_attr))
+        known = np.zeros((len(df), n_attr), dtype=bool)
+        for j, a in enumerate(info.attributes):
+            t, q, k = attribute_arrays(df, a, source)
+            truth[k, j], pred[k, j], known[:, j] = t, q, k
+        parts.update(truth=truth, pred=pred, known=known)
+        rows |= known.any(axis=1)
+    take = {k: (v if k == "classes" else v[rows]) for k, v in parts.items()}
+    return ScoreData(info, utt[rows], **take)
 
 
-def _pair_onehot(y: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
-    """(n, K*K) indicator of each utterance's (truth, prediction) cell, so weights @ it is a flat confusion matrix."""
+def _pair_onehot(y: np.ndarray, p: np.ndarray, k: int, scored: Optional[np.ndarray] = None) -> np.ndarray:
+    """(n, K*K) indicator of each utterance's (truth, prediction) cell, so weights @ it is a flat confusion matrix;
+    rows outside `scored` (no class truth) are zero."""
     out = np.zeros((len(y), k * k))
-    out[np.arange(len(y)), y * k + p] = 1.0
+    rows = np.arange(len(y)) if scored is None else np.flatnonzero(scored)
+    out[rows, y[rows] * k + p[rows]] = 1.0
     return out
+
+
+def _with_multitask_score(task: str, figures: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A multitask run's figures with multitask_score (metrics.multitask_score) added."""
+    if task == "multitask":
+        figures["multitask_score"] = multitask_score(figures["macro_f1"], figures["ccc_mean"])
+    return figures
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -195,23 +242,37 @@ def bootstrap_ci(data: ScoreData, *, n_boot: int = 1000, seed: int = 0, speakers
     return out
 
 
+def shared_task(base_task: str, run_task: str) -> Optional[str]:
+    """The task two runs are compared on: their task, or the single task when one of them is multitask (it is
+    seen as that part); None when they share none."""
+    if base_task == run_task:
+        return base_task
+    pair = {base_task, run_task}
+    return (pair - {"multitask"}).pop() if "multitask" in pair else None
+
+
 def align(base: ScoreData, run: ScoreData, *, base_name: str = "baseline", run_name: str = "run") -> tuple[ScoreData, ScoreData]:
-    """Both runs on the baseline's utterance order; they must score the same utterances with the same truth."""
-    if base.info.task != run.info.task:
+    """Both runs on the baseline's utterance order; they must score the same utterances with the same truth. A
+    multitask run against a single-task one is compared on that task (ScoreData.as_task)."""
+    task = shared_task(base.info.task, run.info.task)
+    if task is None:
         raise ResamplingError(f"'{run_name}' is a {run.info.task} run but '{base_name}' is {base.info.task}; compare runs of one task")
-    if base.info.task == "categorical" and list(base.info.labels) != list(run.info.labels):
+    base, run = base.as_task(task), run.as_task(task)
+    if has_classes(task) and list(base.info.labels) != list(run.info.labels):
         raise ResamplingError(f"'{run_name}' has classes {run.info.labels} but '{base_name}' has {base.info.labels}")
-    if base.info.task == "attributes" and list(base.info.attributes) != list(run.info.attributes):
+    if has_attributes(task) and list(base.info.attributes) != list(run.info.attributes):
         raise ResamplingError(f"'{run_name}' predicts {run.info.attributes} but '{base_name}' predicts {base.info.attributes}")
     if set(base.utt_ids) != set(run.utt_ids):
         raise ResamplingError(f"'{run_name}' scores {run.n} utterances and '{base_name}' {base.n}, "
                               f"{len(set(base.utt_ids) & set(run.utt_ids))} in common; restrict both to the common ones first")
     run = run.subset(base.utt_ids)
-    if base.info.task == "categorical":
-        same = (base.classes or base.info.labels) == (run.classes or run.info.labels) and np.array_equal(base.y, run.y)
-    else:
+    same = True
+    if has_classes(task):
+        same = ((base.classes or base.info.labels) == (run.classes or run.info.labels)
+                and np.array_equal(base.scored, run.scored) and np.array_equal(base.y[base.scored], run.y[run.scored]))
+    if has_attributes(task):
         both = base.known & run.known
-        same = np.array_equal(base.known, run.known) and np.allclose(base.truth[both], run.truth[both])
+        same = same and np.array_equal(base.known, run.known) and np.allclose(base.truth[both], run.truth[both])
     if not same:
         raise ResamplingError(f"'{run_name}' and '{base_name}' disagree on the ground truth of some utterances; "
                               "were they evaluated against the same manifest?")
@@ -254,11 +315,24 @@ def paired_test(base: ScoreData, run: ScoreData, *, n_boot: int = 1000, n_perm: 
 def _swapped_figures(base: ScoreData, run: ScoreData, swap: np.ndarray) -> tuple[dict, dict]:
     """Figures of the two runs after exchanging their predictions on the utterances where swap (B, n) is True."""
     s = swap.astype(np.float64)
-    if base.info.task == "categorical":
-        k = base.n_classes
-        ob, orun = _pair_onehot(base.y, base.p, k), _pair_onehot(run.y, run.p, k)
+    task = base.info.task
+    out_run: dict[str, np.ndarray] = {}
+    out_base: dict[str, np.ndarray] = {}
+    if has_classes(task):
+        k, over = base.n_classes, base.averaged()
+        ob, orun = base.onehot(), run.onehot()
         moved = s @ (ob - orun)
-        return _class_figures(orun.sum(axis=0) + moved, k), _class_figures(ob.sum(axis=0) - moved, k)
+        out_run.update(_class_figures(orun.sum(axis=0) + moved, k, over))
+        out_base.update(_class_figures(ob.sum(axis=0) - moved, k, over))
+    if has_attributes(task):
+        fr, fb = _swapped_attributes(base, run, s)
+        out_run.update(fr)
+        out_base.update(fb)
+    return _with_multitask_score(task, out_run), _with_multitask_score(task, out_base)
+
+
+def _swapped_attributes(base: ScoreData, run: ScoreData, s: np.ndarray) -> tuple[dict, dict]:
+    """The attribute figures of _swapped_figures."""
     known = base.known & run.known
     attrs = base.info.attributes
     sums_run, sums_base = [], []

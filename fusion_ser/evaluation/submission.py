@@ -1,5 +1,7 @@
 """MSP-Podcast challenge submission files: FileName + EmoClass (Task 1) or FileName + EmoAct, EmoVal, EmoDom (Task 2).
 
+A multitask run holds both tracks; the caller names the one to write (`track`).
+
 A submission must hold every row of the split in the run's manifest: rows without a prediction (e.g. clips that
 could not be read) make `export_submission` refuse, naming the count and a few utt_ids, unless `allow_partial`.
 """
@@ -38,10 +40,33 @@ def file_name(utt_id: str) -> str:
     return utt_id if Path(utt_id).suffix.lower() in AUDIO_SUFFIXES else f"{utt_id}.wav"
 
 
-def submission_frame(df: pd.DataFrame, info: RunInfo, value_range: Optional[list[float]] = None) -> pd.DataFrame:
-    """The submission table of a prediction frame; attributes are mapped from value_range to 1-7 and clipped."""
+TRACKS = ("categorical", "attributes")  # Task 1, Task 2
+
+
+def submission_track(info: RunInfo, track: Optional[str] = None) -> str:
+    """The track a submission of the run is for: `track` (categorical = Task 1, attributes = Task 2) when the run
+    predicts it, else the run's task; a multitask run has both and needs `track`."""
+    if track is None:
+        if info.task == "multitask":
+            raise SubmissionError("this is a multitask run, which predicts both challenge tracks: choose track "
+                                  "categorical (Task 1, EmoClass) or attributes (Task 2, EmoAct/EmoVal/EmoDom)",
+                                  options=("track",))
+        return info.task
+    if track not in TRACKS:
+        raise SubmissionError(f"track '{track}' is not one of {list(TRACKS)}", options=("track",))
+    if track != info.task and info.task != "multitask":
+        raise SubmissionError(f"track {track}: this is a {info.task} run, which predicts no "
+                              f"{'classes' if track == 'categorical' else 'attributes'}; give track {info.task} "
+                              "or a run of that task", options=("track",))
+    return track
+
+
+def submission_frame(df: pd.DataFrame, info: RunInfo, value_range: Optional[list[float]] = None,
+                     track: Optional[str] = None) -> pd.DataFrame:
+    """The submission table of a prediction frame for `track` (submission_track); attributes are mapped from
+    value_range to 1-7 and clipped."""
     names = df["utt_id"].astype(str).map(file_name)
-    if info.task == "categorical":
+    if submission_track(info, track) == "categorical":
         if "pred" not in df.columns:
             raise SubmissionError("predictions have no 'pred' column; rewrite them with predict_frame")
         pred = df["pred"].astype(str)
@@ -100,15 +125,16 @@ def coverage(run_dir: str | Path, split: str = "test", predictions: Optional[pd.
 
 
 def export_submission(run_dir: str | Path, output: str | Path, split: str = "test", *,
-                      allow_partial: bool = False) -> tuple[Path, int]:
-    """Write a run's predictions on `split` as a challenge submission CSV; returns the path and the row count.
+                      allow_partial: bool = False, track: Optional[str] = None) -> tuple[Path, int]:
+    """Write a run's predictions on `split` as a challenge submission CSV for `track` (needed for a multitask run:
+    submission_track); returns the path and the row count.
 
     Refuses (SubmissionError, nothing written) when rows of the split in the run's manifest have no prediction,
     unless `allow_partial` (then logged as a warning; `coverage` tells the caller the same)."""
     run = RunDir(run_dir)
     info = run.require_complete()
     preds = run.read_predictions(split)
-    frame = submission_frame(preds, info, attribute_range(run))
+    frame = submission_frame(preds, info, attribute_range(run), track)
     cov = coverage(run_dir, split, preds)
     if cov.note:
         log.warning("%s", cov.note)

@@ -1,6 +1,7 @@
 """Combiners: fitted numbers and a numpy forward pass that turn M member runs' predictions into one.
 
-A combiner (mean, vote, logistic regression, interpolation, ridge, MLP) is plain numbers in `model/combiner.json`
+A combiner (mean, vote, logistic regression, interpolation, ridge, MLP; for multitask members a pair of them,
+one per head) is plain numbers in `model/combiner.json`
 applied with numpy, so a fused or ensembled run reloads without pickles and combines whatever prediction frames
 its members produce: their dev/test predictions, or predictions on new audio made by `fusion_ser.predict`.
 Fitting them lives in `fusion.late` / `fusion.ensemble`, writing the run that holds them in `fusion.runs`.
@@ -22,7 +23,7 @@ from fusion_ser.rundir import prediction_frame
 
 __all__ = [
     "COMBINER_FILE", "LOG_EPS", "CombinedOutput", "Combiner", "FusionError", "LogisticCombiner", "MajorityVote",
-    "MeanProbs", "MLPCombiner", "RidgeAttributes", "WeightedAttributes", "combiner_from_spec", "output_frame", "softmax",
+    "MeanProbs", "MLPCombiner", "MultitaskCombiner", "RidgeAttributes", "WeightedAttributes", "combiner_from_spec", "output_frame", "softmax",
     "stack_features",
 ]
 
@@ -70,8 +71,11 @@ class Combiner(ABC):
             raise FusionError(f"this combiner was fitted on {self.n_members} member runs "
                               f"but got {len(member_frames)} prediction frames")
         frames = align_frames(member_frames, names or [f"member {i + 1}" for i in range(len(member_frames))])
-        x = member_array(frames, self.task, self.labels, self.attributes)
-        return output_frame(frames[0], self.task, self.labels, self.attributes, self.apply(x))
+        return output_frame(frames[0], self.task, self.labels, self.attributes, self.apply(self.inputs(frames)))
+
+    def inputs(self, frames: list[pd.DataFrame]) -> np.ndarray:
+        """What `apply` reads from aligned member frames: their posteriors or attribute predictions."""
+        return member_array(frames, self.task, self.labels, self.attributes)
 
     @abstractmethod
     def apply(self, x: np.ndarray) -> "CombinedOutput":
@@ -242,6 +246,27 @@ class MLPCombiner(Combiner):
         return CombinedOutput(values=h)
 
 
+class MultitaskCombiner(Combiner):
+    """The combiner of multitask members: one combiner for their posteriors and one for their attribute values."""
+
+    method = "multitask"
+
+    def __init__(self, classes: Combiner, attributes: Combiner):
+        super().__init__("multitask", classes.labels, attributes.attributes, classes.n_members)
+        self.parts = {"categorical": classes, "attributes": attributes}
+
+    def params(self) -> dict:
+        return {task: part.spec() for task, part in self.parts.items()}
+
+    def inputs(self, frames: list[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(part.inputs(frames) for part in self.parts.values())
+
+    def apply(self, x: tuple[np.ndarray, np.ndarray]) -> CombinedOutput:
+        """x: ((M, N, K) posteriors, (M, N, A) attribute predictions)."""
+        classes = self.parts["categorical"].apply(x[0])
+        return CombinedOutput(probs=classes.probs, pred=classes.pred, values=self.parts["attributes"].apply(x[1]).values)
+
+
 def stack_features(x: np.ndarray, features: str) -> np.ndarray:
     """(M, N, K) member posteriors -> (N, M*K) regression features: log-posteriors ('log') or posteriors ('prob')."""
     m, n, k = x.shape
@@ -267,6 +292,8 @@ def combiner_from_spec(spec: dict) -> Combiner:
         if method == "mlp":
             layers = [(np.asarray(layer["weight"]), np.asarray(layer["bias"])) for layer in p["layers"]]
             return MLPCombiner(spec["task"], labels, attributes, m, layers)
+        if method == "multitask":
+            return MultitaskCombiner(combiner_from_spec(p["categorical"]), combiner_from_spec(p["attributes"]))
     except (KeyError, TypeError, ValueError) as e:
         raise FusionError(f"combiner spec is malformed ({type(e).__name__}: {e}); re-run fuse/ensemble to rewrite it") from None
     raise FusionError(f"combiner method '{method}' is unknown; re-run fuse/ensemble to rewrite the run")

@@ -16,6 +16,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from fusion_ser.data.schema import has_attributes, has_classes
 from fusion_ser.fusion.combiners import Combiner, MajorityVote, MeanProbs, MLPCombiner, WeightedAttributes
 from fusion_ser.fusion.members import FusionError, open_members
 from fusion_ser.fusion.runs import CombinedRun, Fitter, build_combined_run
@@ -65,6 +66,7 @@ def ensemble_runs(
     out_dir: Union[str, Path],
     *,
     method: str = "mean",
+    attribute_method: Optional[str] = None,
     folds: int = 5,
     C: float = 1.0,
     alpha: Optional[float] = None,
@@ -73,35 +75,45 @@ def ensemble_runs(
     force: bool = False,
 ) -> CombinedRun:
     """Ensemble trained, fused or ensembled runs into a new run dir (kind "ensemble"); `alpha` None: the method's
-    default L2 strength (RIDGE_ALPHA, MLP_ALPHA)."""
+    default L2 strength (RIDGE_ALPHA, MLP_ALPHA). Multitask runs combine their attributes by `attribute_method`
+    (None: `method` where it applies to attributes, else mean); soup averages whole models of any task."""
     info = open_members(runs)[0].info
-    allowed = CATEGORICAL_METHODS if info.task == "categorical" else ATTRIBUTE_METHODS
+    allowed = CATEGORICAL_METHODS if has_classes(info.task) else ATTRIBUTE_METHODS
     if method not in allowed:
-        raise FusionError(f"method '{method}' does not apply to {info.task} runs; choose one of {allowed}")
+        raise FusionError(f"method '{method}' does not apply to {info.task} runs; choose one of {allowed}",
+                          options=("method",))
     if method == "soup":
         from fusion_ser.fusion.soup import soup_runs
 
         return soup_runs(runs, out_dir, seed=seed, force=force)
+    if attribute_method is None:
+        attribute_method = method if method in ATTRIBUTE_METHODS else "mean"
+    if info.task == "multitask" and attribute_method not in set(ATTRIBUTE_METHODS) - {"soup"}:
+        raise FusionError(f"attribute method '{attribute_method}' does not apply to attributes; choose one of "
+                          f"{[x for x in ATTRIBUTE_METHODS if x != 'soup']}", options=("attribute_method",))
     labels, attributes, m = list(info.labels), list(info.attributes), len(runs)
-    fitter: Optional[Fitter] = None
-    fixed: Optional[Combiner] = None
-    if method == "mlp":
-        alpha = MLP_ALPHA if alpha is None else alpha
-        fitter = partial(fit_mlp, task=info.task, labels=labels, attributes=attributes, hidden=hidden, alpha=alpha,
-                         seed=seed)
-    elif method == "stacking" and info.task == "categorical":
-        fitter = partial(fit_logistic, labels=labels, features="prob", C=C, seed=seed)
-    elif method == "stacking":
-        alpha = RIDGE_ALPHA if alpha is None else alpha
-        fitter = partial(fit_ridge, attributes=attributes, alpha=alpha)
-    elif method == "vote":
-        fixed = MajorityVote(labels, m)
-    elif info.task == "categorical":
-        fixed = MeanProbs(labels, m)
-    else:
-        fixed = WeightedAttributes(attributes, m)
-    options = {"folds": folds, "C": C, "alpha": alpha, "seed": seed, **({"hidden": hidden} if method == "mlp" else {})}
+    mlp_alpha = MLP_ALPHA if alpha is None else alpha
+    ridge_alpha = RIDGE_ALPHA if alpha is None else alpha
+    parts: dict[str, tuple[Optional[Fitter], Optional[Combiner]]] = {}
+    if has_classes(info.task):
+        parts["categorical"] = {
+            "mlp": (partial(fit_mlp, task="categorical", labels=labels, attributes=[], hidden=hidden,
+                            alpha=mlp_alpha, seed=seed), None),
+            "stacking": (partial(fit_logistic, labels=labels, features="prob", C=C, seed=seed), None),
+            "vote": (None, MajorityVote(labels, m)),
+        }.get(method, (None, MeanProbs(labels, m)))
+    if has_attributes(info.task):
+        chosen = method if info.task == "attributes" else attribute_method
+        parts["attributes"] = {
+            "mlp": (partial(fit_mlp, task="attributes", labels=[], attributes=attributes, hidden=hidden,
+                            alpha=mlp_alpha, seed=seed), None),
+            "stacking": (partial(fit_ridge, attributes=attributes, alpha=ridge_alpha), None),
+        }.get(chosen, (None, WeightedAttributes(attributes, m)))
+    alpha = {"mlp": mlp_alpha, "stacking": ridge_alpha if not has_classes(info.task) else alpha}.get(method, alpha)
+    options = {"folds": folds, "C": C, "alpha": alpha, "seed": seed, **({"hidden": hidden} if method == "mlp" else {}),
+               **({"attribute_method": attribute_method} if info.task == "multitask" else {})}
+    single = parts.get(info.task, (None, None))
     return build_combined_run(
-        runs, out_dir, kind="ensemble", method=method, fitter=fitter, fixed=fixed, n_folds=folds, seed=seed,
-        options=options, force=force
+        runs, out_dir, kind="ensemble", method=method, fitter=single[0], fixed=single[1],
+        parts=parts if info.task == "multitask" else None, n_folds=folds, seed=seed, options=options, force=force
     )

@@ -16,6 +16,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from fusion_ser.data.schema import has_attributes, has_classes
 from fusion_ser.evaluation.metrics import ccc
 from fusion_ser.fusion.combiners import (
     LOG_EPS,
@@ -199,6 +200,7 @@ def late_fuse(
     out_dir: Union[str, Path],
     *,
     method: str = "auto",
+    attribute_method: str = "auto",
     form: str = "auto",
     prior: str = "none",
     balanced: bool = False,
@@ -212,48 +214,64 @@ def late_fuse(
     """Fuse trained runs on their dev predictions into a new run dir (kind "fusion").
 
     method: auto (lr for categorical, interp for attributes); lr | mean for categorical runs; interp | ridge | mean
-    for attribute runs. form (lr): full | weights | auto (full only when dev is large enough, see resolve_form).
+    for attribute runs. Multitask runs fuse their class posteriors by `method` (auto | lr | mean) and their
+    attributes by `attribute_method` (auto | interp | ridge | mean). form (lr): full | weights | auto (full only
+    when dev is large enough, see resolve_form).
     """
     info = open_members(runs)[0].info
     task = info.task
-    allowed = CATEGORICAL_METHODS if task == "categorical" else ATTRIBUTE_METHODS
-    if method == "auto":
-        method = allowed[0]
-    if method not in allowed:
-        raise FusionError(f"method '{method}' does not apply to {task} runs; choose one of {allowed}")
     if form not in FORMS:
         raise FusionError(f"form '{form}' is not one of {FORMS}")
     if prior not in PRIOR_CHOICES:
         raise FusionError(f"prior '{prior}' is not one of {PRIOR_CHOICES}")
-    if task == "attributes" and (prior != "none" or balanced):
+    if not has_classes(task) and (prior != "none" or balanced):
         raise FusionError("prior correction and fitting on a balanced subset apply to categorical runs only")
-    if method == "mean" and (prior == "weight" or balanced):
+    methods = {}
+    if has_classes(task):
+        methods["categorical"] = _method(method, CATEGORICAL_METHODS, task, "method")
+    if has_attributes(task):
+        methods["attributes"] = _method(method if task == "attributes" else attribute_method, ATTRIBUTE_METHODS, task,
+                                        "method" if task == "attributes" else "attribute_method")
+    if methods.get("categorical") == "mean" and (prior == "weight" or balanced):
         raise FusionError("the mean method learns no weights: use prior 'divide' or 'none', without a balanced subset")
     labels, attributes, m = list(info.labels), list(info.attributes), len(runs)
-    if method == "lr":
+    if methods.get("categorical") == "lr":
         form = resolve_form(form, _labelled_dev_rows(runs[0], labels), len(labels), m)
-    options = {"form": form if method == "lr" else None, "prior": prior, "balanced_subset": balanced, "folds": folds,
-               "C": C, "alpha": alpha, "grid_step": grid_step, "seed": seed}
-    fitter: Optional[Fitter] = None
-    fixed: Optional[Combiner] = None
-    if method == "lr":
-        fitter = partial(fit_logistic, labels=labels, features="log", form=form, C=C, prior=prior, balanced=balanced,
-                         seed=seed)
-    elif method == "mean" and task == "categorical":
-        if prior == "divide":
-            fitter = partial(fit_mean, labels=labels, prior=prior)
+    options = {"form": form if methods.get("categorical") == "lr" else None, "prior": prior,
+               "balanced_subset": balanced, "folds": folds, "C": C, "alpha": alpha, "grid_step": grid_step,
+               "seed": seed, **({"attribute_method": methods["attributes"]} if task == "multitask" else {})}
+    parts: dict[str, tuple[Optional[Fitter], Optional[Combiner]]] = {}
+    if "categorical" in methods:
+        if methods["categorical"] == "lr":
+            parts["categorical"] = (partial(fit_logistic, labels=labels, features="log", form=form, C=C, prior=prior,
+                                            balanced=balanced, seed=seed), None)
+        elif prior == "divide":
+            parts["categorical"] = (partial(fit_mean, labels=labels, prior=prior), None)
         else:
-            fixed = MeanProbs(labels, m)
-    elif method == "interp":
-        fitter = partial(fit_interpolation, attributes=attributes, step=grid_step)
-    elif method == "ridge":
-        fitter = partial(fit_ridge, attributes=attributes, alpha=alpha)
-    else:
-        fixed = WeightedAttributes(attributes, m)
+            parts["categorical"] = (None, MeanProbs(labels, m))
+    if "attributes" in methods:
+        parts["attributes"] = {
+            "interp": (partial(fit_interpolation, attributes=attributes, step=grid_step), None),
+            "ridge": (partial(fit_ridge, attributes=attributes, alpha=alpha), None),
+        }.get(methods["attributes"], (None, WeightedAttributes(attributes, m)))
+    single = parts.get(task, (None, None))
     return build_combined_run(
-        runs, out_dir, kind="fusion", method=method, fitter=fitter, fixed=fixed, n_folds=folds, seed=seed,
-        options=options, force=force
+        runs, out_dir, kind="fusion", method=methods.get("categorical", methods.get("attributes")), fitter=single[0],
+        fixed=single[1], parts=parts if task == "multitask" else None, n_folds=folds, seed=seed, options=options,
+        force=force
     )
+
+
+def _method(method: str, allowed: list[str], task: str, option: str) -> str:
+    """`method` of one head, checked against the head's methods (auto: the first)."""
+    if method == "auto":
+        return allowed[0]
+    if method not in allowed:
+        head = ("" if task != "multitask" else
+                ("the class posteriors of " if allowed is CATEGORICAL_METHODS else "the attributes of "))
+        raise FusionError(f"{option.replace('_', ' ')} '{method}' does not apply to {head}{task} runs; "
+                          f"choose one of {allowed}", options=(option,))
+    return method
 
 
 def _labelled_dev_rows(run: Union[str, Path], labels: list[str]) -> int:

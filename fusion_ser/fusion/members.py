@@ -15,6 +15,7 @@ from typing import Optional, Union
 import numpy as np
 import pandas as pd
 
+from fusion_ser.data.schema import has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
 from fusion_ser.rundir import RunDir, RunDirError, RunInfo, attr_pred_columns, prob_columns, read_run_config
 
@@ -61,9 +62,9 @@ def open_members(paths: list[Union[str, Path]]) -> list[Member]:
     for m in members[1:]:
         if m.info.task != first.info.task:
             raise FusionError(f"runs {first.name} ({first.info.task}) and {m.name} ({m.info.task}) predict different tasks")
-        if first.info.task == "categorical" and set(m.info.labels) != set(first.info.labels):
+        if has_classes(first.info.task) and set(m.info.labels) != set(first.info.labels):
             raise FusionError(f"runs {first.name} {first.info.labels} and {m.name} {m.info.labels} predict different classes")
-        if first.info.task == "attributes" and set(m.info.attributes) != set(first.info.attributes):
+        if has_attributes(first.info.task) and set(m.info.attributes) != set(first.info.attributes):
             raise FusionError(
                 f"runs {first.name} {first.info.attributes} and {m.name} {m.info.attributes} predict different attributes"
             )

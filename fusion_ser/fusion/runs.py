@@ -14,7 +14,8 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
-from fusion_ser.fusion.combiners import COMBINER_FILE, CombinedOutput, Combiner, combiner_from_spec, output_frame
+from fusion_ser.fusion.combiners import (COMBINER_FILE, CombinedOutput, Combiner, MultitaskCombiner, combiner_from_spec,
+                                        output_frame)
 from fusion_ser.fusion.members import (
     FusionError,
     Member,
@@ -154,6 +155,7 @@ def build_combined_run(
     method: str,
     fitter: Optional[Fitter] = None,
     fixed: Optional[Combiner] = None,
+    parts: Optional[dict[str, tuple[Optional[Fitter], Optional[Combiner]]]] = None,
     n_folds: int = 5,
     seed: int = 0,
     options: Optional[dict] = None,
@@ -163,7 +165,8 @@ def build_combined_run(
 
     `fitter(x, y)` learns a combiner from dev; its dev figures are out-of-fold (k-fold inside dev, by speaker when
     known) and every other split is predicted by the combiner fitted on all of dev. `fixed` is a combiner that
-    learns nothing (mean, vote), applied as is. The output folder is checked before anything is fitted and
+    learns nothing (mean, vote), applied as is. Multitask members take `parts`: a (fitter, fixed) pair for the
+    categorical and for the attributes head, fitted each on its own targets into one MultitaskCombiner. The output folder is checked before anything is fitted and
     cleared of an earlier run (with `force`) only once the combined predictions are ready.
     """
     from fusion_ser.evaluation.metrics import compute_metrics
@@ -182,21 +185,32 @@ def build_combined_run(
     splits = ["dev"] + sorted(common - {"dev"})
 
     frames = {s: align_frames([rd.read_predictions(s) for rd in rds], names, s) for s in splits}
-    x_dev = member_array(frames["dev"], task, labels, attributes)
-    y_dev = truth_arrays(frames["dev"][0], task, labels, attributes)
+    dev_ids = frames["dev"][0]["utt_id"].tolist()
+    speakers: dict[str, Optional[np.ndarray]] = {}  # read once, only when something is fitted
 
-    used_folds, grouped = 0, False
-    if fitter is not None:
-        dev_ids = frames["dev"][0]["utt_id"].tolist()
-        folds, grouped = dev_folds(task, y_dev, speakers_of(members, dev_ids), n_folds, seed)
-        combiner = fitter(x_dev, y_dev)
-        dev_out = cross_fit(fitter, x_dev, y_dev, folds, combiner)
-        used_folds = len(folds)
-    else:
-        if fixed is None:
+    def fit_part(part: str, part_fitter: Optional[Fitter], part_fixed: Optional[Combiner]):
+        x_dev = member_array(frames["dev"], part, labels, attributes)
+        y_dev = truth_arrays(frames["dev"][0], part, labels, attributes)
+        if part_fitter is not None:
+            if "dev" not in speakers:
+                speakers["dev"] = speakers_of(members, dev_ids)
+            folds, grouped = dev_folds(part, y_dev, speakers["dev"], n_folds, seed)
+            combiner = part_fitter(x_dev, y_dev)
+            return combiner, cross_fit(part_fitter, x_dev, y_dev, folds, combiner), len(folds), grouped
+        if part_fixed is None:
             raise FusionError(f"method '{method}' has neither a fitter nor a fixed combiner")
-        combiner = fixed
-        dev_out = combiner.apply(x_dev)
+        return part_fixed, part_fixed.apply(x_dev), 0, False
+
+    if task == "multitask":
+        if parts is None or set(parts) != {"categorical", "attributes"}:
+            raise FusionError(f"method '{method}': multitask members need a combiner for each head")
+        c, c_out, c_folds, c_grouped = fit_part("categorical", *parts["categorical"])
+        a, a_out, a_folds, a_grouped = fit_part("attributes", *parts["attributes"])
+        combiner = MultitaskCombiner(c, a)
+        dev_out = CombinedOutput(probs=c_out.probs, pred=c_out.pred, values=a_out.values)
+        used_folds, grouped = max(c_folds, a_folds), c_grouped or a_grouped
+    else:
+        combiner, dev_out, used_folds, grouped = fit_part(task, fitter, fixed)
 
     outputs = {"dev": output_frame(frames["dev"][0], task, labels, attributes, dev_out)}
     for s in splits[1:]:

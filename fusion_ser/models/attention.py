@@ -8,7 +8,7 @@ tokens, so it is predicted from the audio path alone rather than refused.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from fusion_ser.config import Config
 from fusion_ser.encoders.base import Encoder
 from fusion_ser.encoders.build import build_encoder
 from fusion_ser.encoders.pooling import build_pooling
-from fusion_ser.models.heads import build_head
+from fusion_ser.models.heads import build_auxiliary, build_head
 from fusion_ser.models.losses import build_criterion
 from fusion_ser.models.output import MIX_KEY, ModelOutput, mix_rows
 
@@ -64,7 +64,7 @@ class AttentionFusionModel(nn.Module):
     """Audio encoder + text encoder + cross-modal attention + masked pooling of both + the baseline head."""
 
     def __init__(self, cfg: Config, labels: list[str], audio_encoder: Optional[Encoder] = None,
-                 text_encoder: Optional[Encoder] = None):
+                 text_encoder: Optional[Encoder] = None, auxiliary_classes: Optional[Sequence[str]] = None):
         super().__init__()
         self.task = cfg.task
         self.labels = list(labels)
@@ -80,6 +80,8 @@ class AttentionFusionModel(nn.Module):
         self.text_pool = build_pooling(cfg.pooling, dim)
         self.head = build_head(cfg, self.audio_pool.output_dim + self.text_pool.output_dim, self.labels)
         self.criterion = build_criterion(cfg, len(self.labels))
+        self.auxiliary = build_auxiliary(cfg, self.audio_pool.output_dim + self.text_pool.output_dim,
+                                         auxiliary_classes)  # training only
 
     def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projected audio frames and text tokens with their masks; rows without text get the "no text" token."""
@@ -101,4 +103,5 @@ class AttentionFusionModel(nn.Module):
             audio, text = block(audio, audio_mask, text, text_mask)
         pooled = torch.cat([self.audio_pool(audio, audio_mask), self.text_pool(text, text_mask)], dim=-1)
         pooled = mix_rows(pooled, batch.get(MIX_KEY))  # data.mixup_on pooled: manifold mixup before the head
-        return ModelOutput.from_head(self.task, self.head(pooled), pooled, self.criterion, batch)
+        result = ModelOutput.from_head(self.task, self.head(pooled), pooled, self.criterion, batch)
+        return self.auxiliary.add_loss(result, pooled, batch) if self.auxiliary is not None else result

@@ -7,24 +7,28 @@ from typing import Optional, Sequence
 from torch import nn
 
 from fusion_ser.config import Config, ConfigError
+from fusion_ser.data.schema import has_classes
 from fusion_ser.encoders.base import Encoder
 from fusion_ser.models.attention import AttentionFusionModel
 from fusion_ser.models.losses import WEIGHTED_LOSSES, class_weights
 from fusion_ser.models.unimodal import UnimodalModel
 
 
-def build_model(cfg: Config, labels: list[str], train_labels: Optional[Sequence[str]] = None) -> nn.Module:
+def build_model(cfg: Config, labels: list[str], train_labels: Optional[Sequence[str]] = None,
+                auxiliary_classes: Optional[Sequence[str]] = None) -> nn.Module:
     """The model of cfg.modality (UnimodalModel for audio/text, AttentionFusionModel for both).
 
     With `train_labels` (the label of every training row), a categorical model whose loss is class-weighted gets
-    the weights N / (K * n_c) of those rows.
+    the weights N / (K * n_c) of those rows; with `auxiliary_classes`, the training-only head of
+    multitask.auxiliary.
     """
     if cfg.head.standardize != "none" and cfg.modality != "audio":
         raise ConfigError(f"head.standardize={cfg.head.standardize} standardises the frames of an audio model; "
                           f"modality {cfg.modality} has none of its own: set head.standardize=none",
                           options=("head.standardize",))
-    model = AttentionFusionModel(cfg, labels) if cfg.modality == "both" else UnimodalModel(cfg, labels)
-    if train_labels is not None and cfg.task == "categorical" and cfg.loss.type in WEIGHTED_LOSSES:
+    cls = AttentionFusionModel if cfg.modality == "both" else UnimodalModel
+    model = cls(cfg, labels, auxiliary_classes=auxiliary_classes)
+    if train_labels is not None and has_classes(cfg.task) and cfg.loss.type in WEIGHTED_LOSSES:
         model.criterion.set_class_weights(class_weights([str(x) for x in train_labels], labels))
     return model
 

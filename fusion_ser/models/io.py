@@ -45,10 +45,10 @@ def save_model(model: nn.Module, cfg: Config, labels: list[str], directory: str 
         enc.save_pretrained(sub)
         index[name] = {"modality": enc.modality, "dir": f"{ENCODERS_DIR}/{name}"}
     (d / "encoders.json").write_text(json.dumps(index, indent=2))
-    state = {
+    state = {  # the encoders are saved above; the training-only auxiliary head is not kept
         k: v.detach().cpu().contiguous()
         for k, v in model.state_dict().items()
-        if not any(k == n or k.startswith(n + ".") for n in encoders)
+        if not any(k == n or k.startswith(n + ".") for n in encoders) and not k.startswith("auxiliary.")
     }
     save_file(state, str(d / WEIGHTS_FILE))
     return d

@@ -1,4 +1,5 @@
-"""Training objectives: (weighted) cross-entropy, focal loss, soft-label cross-entropy or KL, and 1-CCC for attributes.
+"""Training objectives: (weighted) cross-entropy, focal loss, soft-label cross-entropy or KL, 1-CCC for attributes,
+and their weighted sum for a multitask model.
 
 Every model of the project computes its loss through `Criterion`, built from the config by `build_criterion`, so
 audio, text and fusion models share one definition of each objective.
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusion_ser.config import Config
+from fusion_ser.data.schema import has_attributes, has_classes
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +115,11 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class Criterion(nn.Module):
     """The loss of a model output against the batch targets, as the config asks; class weights live in a buffer."""
 
-    def __init__(self, task: str, loss_type: str, num_classes: int, focal_gamma: float = 2.0, label_smoothing: float = 0.0):
+    def __init__(self, task: str, loss_type: str, num_classes: int, focal_gamma: float = 2.0, label_smoothing: float = 0.0,
+                 task_weights: tuple[float, float] = (1.0, 1.0)):
         super().__init__()
         self.task = task
+        self.weight_categorical, self.weight_attributes = (float(w) for w in task_weights)  # multitask only
         self.loss_type = loss_type
         self.focal_gamma = focal_gamma
         self.label_smoothing = label_smoothing
@@ -138,22 +142,45 @@ class Criterion(nn.Module):
         return soft if soft is not None and (self.loss_type in SOFT_LOSSES or batch.get("mixed")) else None
 
     def has_targets(self, batch: dict[str, Any]) -> bool:
-        """True when the batch carries targets this criterion can use."""
-        if self.task == "attributes":
-            t = batch.get("attributes")
-            return t is not None and bool(torch.isfinite(t).any())
+        """True when the batch carries targets this criterion can use (for a multitask model: either kind)."""
+        return ((has_attributes(self.task) and self._has_attribute_targets(batch))
+                or (has_classes(self.task) and self._has_class_targets(batch)))
+
+    @staticmethod
+    def _has_attribute_targets(batch: dict[str, Any]) -> bool:
+        t = batch.get("attributes")
+        return t is not None and bool(torch.isfinite(t).any())
+
+    def _has_class_targets(self, batch: dict[str, Any]) -> bool:
         if self._soft(batch) is not None:
             return bool((batch["soft_label"].sum(-1) > 0).any())
         t = batch.get("label")
         return t is not None and bool((t >= 0).any())
 
-    def forward(self, output: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        """Loss of logits (categorical) or attribute values against the batch's targets.
+    def forward(self, output: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """Loss of logits (categorical), attribute values (attributes) or both (multitask: the tuple (logits,
+        values), weight_categorical * class loss + weight_attributes * sum of 1 - CCC) against the batch's targets.
 
         CCC is invariant to one affine map applied to both sides, so attributes may be compared on the manifest scale.
         """
         if self.task == "attributes":
-            return ccc_loss(output, batch["attributes"].to(output.device))
+            return self.attribute_loss(output, batch)
+        if self.task == "categorical":
+            return self.class_loss(output, batch)
+        logits, values = output
+        return (self.weight_categorical * self.class_loss(logits, batch)
+                + self.weight_attributes * self.attribute_loss(values, batch))
+
+    @staticmethod
+    def attribute_loss(values: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Sum over attributes of 1 - CCC on the rows with a value; 0 without attribute targets."""
+        target = batch.get("attributes")
+        if target is None:
+            return values.sum() * 0.0
+        return ccc_loss(values, target.to(values.device)) + values.sum() * 0.0
+
+    def class_loss(self, output: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The configured class loss (loss.type) of logits; rows without a class target are ignored."""
         weight = self.class_weights if self.weighted else None
         soft = self._soft(batch)
         if soft is not None:  # soft_ce / kl, or mixed one-hot/soft targets of a mixup batch
@@ -172,5 +199,7 @@ class Criterion(nn.Module):
 
 
 def build_criterion(cfg: Config, num_classes: int) -> Criterion:
-    """The criterion of cfg.task / cfg.loss (attributes always use 1-CCC summed over attributes)."""
-    return Criterion(cfg.task, cfg.loss.type, num_classes, cfg.loss.focal_gamma, cfg.loss.label_smoothing)
+    """The criterion of cfg.task / cfg.loss (attributes always use 1-CCC summed over attributes; multitask weighs
+    the two by cfg.multitask)."""
+    return Criterion(cfg.task, cfg.loss.type, num_classes, cfg.loss.focal_gamma, cfg.loss.label_smoothing,
+                     (cfg.multitask.weight_categorical, cfg.multitask.weight_attributes))

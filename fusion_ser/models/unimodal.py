@@ -17,7 +17,7 @@ from fusion_ser.encoders.build import build_encoder
 from fusion_ser.encoders.pooling import build_pooling
 from fusion_ser.encoders.text import pool_tokens
 from fusion_ser.models.domain import DomainStandardizer
-from fusion_ser.models.heads import build_head
+from fusion_ser.models.heads import build_auxiliary, build_head
 from fusion_ser.models.losses import build_criterion
 from fusion_ser.models.output import MIX_KEY, ModelOutput, mix_rows
 
@@ -59,7 +59,8 @@ class UnimodalModel(nn.Module):
     Audio frames are pooled as cfg.pooling says; text tokens as text_encoder.pooling says (the encoder's mode).
     """
 
-    def __init__(self, cfg: Config, labels: list[str], encoder: Optional[Encoder] = None):
+    def __init__(self, cfg: Config, labels: list[str], encoder: Optional[Encoder] = None,
+                 auxiliary_classes: Optional[Sequence[str]] = None):
         super().__init__()
         self.task = cfg.task
         self.labels = list(labels)
@@ -72,6 +73,7 @@ class UnimodalModel(nn.Module):
             self.pooling = build_pooling(cfg.pooling, self.encoder.output_dim)
         self.head = build_head(cfg, self.pooling.output_dim, self.labels)
         self.criterion = build_criterion(cfg, len(self.labels))
+        self.auxiliary = build_auxiliary(cfg, self.pooling.output_dim, auxiliary_classes)  # training only
         self.frame_norm = FrameStandardizer(self.encoder.output_dim) if cfg.head.standardize_frames else None
         if cfg.head.standardize != "none":  # by speaker or corpus, the training statistics as fallback
             self.frame_norm = DomainStandardizer(self.encoder.output_dim, cfg.head.standardize)
@@ -141,4 +143,5 @@ class UnimodalModel(nn.Module):
         if self.pooled_norm is not None:
             pooled = self.pooled_norm(pooled)
         pooled = mix_rows(pooled, batch.get(MIX_KEY))  # data.mixup_on pooled: manifold mixup before the head
-        return ModelOutput.from_head(self.task, self.head(pooled), pooled, self.criterion, batch)
+        result = ModelOutput.from_head(self.task, self.head(pooled), pooled, self.criterion, batch)
+        return self.auxiliary.add_loss(result, pooled, batch) if self.auxiliary is not None else result

@@ -19,13 +19,14 @@ from torch.utils.data import DataLoader
 from fusion_ser.config import Config
 from fusion_ser.data.audio import AudioError, waveform
 from fusion_ser.data.context import with_context
+from fusion_ser.data.schema import has_attributes, has_classes
 from fusion_ser.data.dataset import CachedInput, EmotionDataset, collate, screen_audio
 from fusion_ser.data.sampler import BucketBatchSampler
 from fusion_ser.device import autocast, resolve_device, resolve_precision, to_device
 from fusion_ser.errors import FusionSerError
-from fusion_ser.models.output import ModelOutput
+from fusion_ser.models.output import ModelOutput, readout
 from fusion_ser.training.domain import FrameMoments, accumulate_arrays, fit_domains, standardizer
-from fusion_ser.rundir import prediction_frame
+from fusion_ser.rundir import output_columns, outputs_prediction_frame
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def eval_loader(dataset: EmotionDataset, cfg: Config) -> DataLoader:
 @torch.no_grad()
 def run_inference(runner: Runner, loader: DataLoader, stage: str, task: str,
                   width: int) -> tuple[list[str], np.ndarray, float, int]:
-    """Outputs (probabilities (N, K) or attribute values (N, A) of width `width`) for every row the loader yields,
+    """Outputs (probabilities (N, K), attribute values (N, A) or both (multitask), of width `width`) for every row the loader yields,
     the mean loss over rows with targets, and the count of rows skipped as unreadable."""
     model = runner.module
     was_training = model.training
@@ -101,8 +102,7 @@ def run_inference(runner: Runner, loader: DataLoader, stage: str, task: str,
             continue
         batch = to_device(batch, runner.device)
         out = runner.evaluate_batch(batch, stage)
-        values = out.attributes.float() if task == "attributes" else torch.softmax(out.logits.float(), dim=-1)
-        outputs.append(values.cpu().numpy())
+        outputs.append(readout(out, task).cpu().numpy())
         utt_ids.extend(batch["utt_id"])
         if out.loss is not None:
             loss_sum += float(out.loss) * batch["size"]
@@ -121,9 +121,9 @@ def non_finite_ids(utt_ids: Sequence[str], outputs: np.ndarray) -> list[str]:
 
 
 def model_labels(runner: Runner, cfg: Config) -> list[str]:
-    """The class order of a categorical model (its `labels`); [] for attributes."""
+    """The class order of a categorical or multitask model (its `labels`); [] for attributes."""
     labels = list(getattr(runner.module, "labels", []))
-    if cfg.task == "categorical" and not labels:
+    if has_classes(cfg.task) and not labels:
         raise InferenceError("the model has no `labels` attribute; models must keep their class order as `labels`")
     return labels
 
@@ -131,9 +131,8 @@ def model_labels(runner: Runner, cfg: Config) -> list[str]:
 def outputs_frame(dataset: EmotionDataset, cfg: Config, labels: list[str], utt_ids: list[str],
                   outputs: np.ndarray) -> pd.DataFrame:
     """The prediction frame of inference outputs, with the truth columns of the dataset's rows."""
-    attributes = list(cfg.data.attributes) if cfg.task == "attributes" else []
-    kind = {"probs": outputs} if cfg.task == "categorical" else {"values": outputs}
-    return prediction_frame(utt_ids, cfg.task, labels, attributes, truth=dataset.df, **kind)
+    attributes = list(cfg.data.attributes) if has_attributes(cfg.task) else []
+    return outputs_prediction_frame(utt_ids, cfg.task, labels, attributes, outputs, truth=dataset.df)
 
 
 def _manifest_like(df: pd.DataFrame, cfg: Config, previous: Optional[Sequence[Sequence[str]]] = None) -> pd.DataFrame:
@@ -145,7 +144,7 @@ def _manifest_like(df: pd.DataFrame, cfg: Config, previous: Optional[Sequence[Se
             frame[col] = ""
     frame["label"] = frame["label"].astype(str)
     frame["utt_id"] = frame["utt_id"].astype(str)
-    if cfg.task == "attributes":
+    if has_attributes(cfg.task):
         for a in cfg.data.attributes:
             if a not in frame.columns:
                 frame[a] = np.nan
@@ -156,7 +155,7 @@ def _manifest_like(df: pd.DataFrame, cfg: Config, previous: Optional[Sequence[Se
 
 def _predict(runner: Runner, dataset: EmotionDataset, cfg: Config, stage: str, n_rows: int) -> pd.DataFrame:
     labels = model_labels(runner, cfg)
-    width = len(cfg.data.attributes) if cfg.task == "attributes" else len(labels)
+    width = len(output_columns(cfg.task, labels, list(cfg.data.attributes)))
     if stage != "predict":  # head.standardize: the statistics of these rows' speakers/corpora (predict: Predictor.adapt)
         fit_domains(runner.module, dataset, cfg, runner.device)
     utt_ids, outputs, _, skipped = run_inference(runner, eval_loader(dataset, cfg), stage, cfg.task, width)

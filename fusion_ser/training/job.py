@@ -27,15 +27,17 @@ from fusion_ser.data.feature_cache import FeatureCache
 from fusion_ser.data.frame_store import FrameMemory, PooledStore, memory_budget
 from fusion_ser.data.folds import FoldError
 from fusion_ser.data.manifest import read_manifest
+from fusion_ser.data.schema import has_attributes
 from fusion_ser.data.sources import (COMBINED_MANIFEST, combine_manifests, corpus_name, sources_changes,
                                      sources_provenance, write_combined)
-from fusion_ser.data.selection import NOT_ENCODED, UNREADABLE_AUDIO, RunData, load_run_data, refit_rows
+from fusion_ser.data.selection import (NOT_ENCODED, UNREADABLE_AUDIO, RunData, auxiliary_classes, load_run_data,
+                                       refit_rows)
 from fusion_ser.device import resolve_device, seed_everything
 from fusion_ser.evaluation.metrics import compute_metrics
 from fusion_ser.models.factory import build_model, model_encoders
 from fusion_ser.models.io import save_model
-from fusion_ser.rundir import (RunDir, RunInfo, attr_pred_columns, atomic_write_text, file_hash, manifest_provenance,
-                               prob_columns, read_run_config, resumable, write_run_config)
+from fusion_ser.rundir import (RunDir, RunInfo, atomic_write_text, file_hash, manifest_provenance, output_columns,
+                               read_run_config, resumable, write_run_config)
 from fusion_ser.training import distributed as D
 from fusion_ser.training.events import CacheProgress, CacheStarted, Callback, FoldStarted, RefitStarted, RunStarted
 from fusion_ser.training.inference import non_finite_ids, predict_frame
@@ -216,14 +218,15 @@ def train_run(cfg: Config, manifest_path: Optional[str | Path], out_dir: str | P
     seed_everything(cfg.seed)
     data = load_run_data(cfg, manifest_path, frame=combined)
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg, data.labels, train_labels=data.train["label"].tolist())
+    model = build_model(cfg, data.labels, train_labels=data.train["label"].tolist(),
+                        auxiliary_classes=auxiliary_classes(cfg, data.train))
     cached = feature_caches(model, cfg)
     make_plan(cfg, data, model, cached, dist.world_size).raise_problems()
     if cached:
         data = fill_caches(cached, data, dist, progress, speeds=tuple(cfg.data.speed_perturb), device=device,
                            augmented=("train", "dev") if cfg.train.refit_on_dev else ("train",))
     info = RunInfo(kind="model", task=cfg.task, labels=data.labels,
-                   attributes=list(cfg.data.attributes) if cfg.task == "attributes" else [],
+                   attributes=list(cfg.data.attributes) if has_attributes(cfg.task) else [],
                    modality=cfg.modality, complete=False,
                    extra={"n_train": len(data.train), "n_dev": len(data.dev), "n_test": len(data.test),
                           "skipped_clips": len(data.screen.dropped), "world_size": dist.world_size})
@@ -260,7 +263,8 @@ def dry_run(cfg: Config, manifest_path: Optional[str | Path]) -> Plan:
     cfg, combined = _sources(cfg, manifest_path)
     manifest_path = "data.manifests" if combined is not None else _manifest_or_error(cfg, manifest_path)
     data = load_run_data(cfg, manifest_path, frame=combined)
-    model = build_model(cfg, data.labels, train_labels=data.train["label"].tolist())
+    model = build_model(cfg, data.labels, train_labels=data.train["label"].tolist(),
+                        auxiliary_classes=auxiliary_classes(cfg, data.train))
     return make_plan(cfg, data, model, feature_caches(model, cfg), D.init_distributed().world_size)
 
 
@@ -279,7 +283,8 @@ def refit_on_dev(selected: Trainer, cfg: Config, data: RunData, cached: list[Cac
     epochs = max(1, selected.best_epoch)
     frame, durations = refit_rows(cfg, data)
     seed_everything(cfg.seed)
-    model = build_model(cfg, data.labels, train_labels=frame["label"].tolist())
+    model = build_model(cfg, data.labels, train_labels=frame["label"].tolist(),
+                        auxiliary_classes=auxiliary_classes(cfg, data.train))
     trainer = trainer_cls(cfg, model, data.labels, device=selected.device, dist=selected.dist, info=selected.info,
                           progress=progress, checkpoint_dir=run.checkpoint_dir / "refit",
                           log_path=run.path / "refit_train_log.csv")
@@ -309,9 +314,8 @@ def finish(trainer: Trainer, cfg: Config, data: RunData, run: RunDir, info: RunI
         preds[split] = predict_frame(runner, frame, cfg, cached=cached, stage=split)
         unpredicted = set(frame["utt_id"].astype(str)) - set(preds[split]["utt_id"].astype(str))
         data.dropped.add(split, UNREADABLE_AUDIO, sorted(unpredicted))  # failed to decode: no prediction
-        output_columns = (prob_columns(info.labels) if info.task == "categorical"
-                          else attr_pred_columns(info.attributes))
-        bad = non_finite_ids(preds[split]["utt_id"].tolist(), preds[split][output_columns].to_numpy())
+        columns = output_columns(info.task, info.labels, info.attributes)
+        bad = non_finite_ids(preds[split]["utt_id"].tolist(), preds[split][columns].to_numpy())
         if bad:
             raise TrainError(f"the trained model's {split} outputs are not finite for {len(bad)} of "
                              f"{len(preds[split])} rows (e.g. '{bad[0]}'), so no predictions were written and run "

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fusion_ser.config import Config, ConfigError
+from fusion_ser.data.schema import has_attributes, has_classes
 from fusion_ser.models.output import MIX_KEY, mix_rows
 
 
@@ -95,9 +96,9 @@ def mix_batch(batch: dict[str, Any], draw: MixDraw, task: str, on: str, num_clas
         out["wav_lengths"] = torch.maximum(lengths, lengths[draw.perm.to(lengths.device)])
     else:
         out[MIX_KEY] = pair
-    if task == "attributes":
+    if has_attributes(task):  # rows without a value (NaN) stay out of the mixed CCC
         out["attributes"] = mix_rows(batch["attributes"].float(), pair)
-    else:
+    if has_classes(task):
         out["soft_label"] = mix_rows(batch_targets(batch, num_classes), pair)
         out["mixed"] = True
     return out

@@ -21,7 +21,7 @@ from torch import nn
 from fusion_ser.config import Config
 from fusion_ser.data.dataset import CachedInput
 from fusion_ser.data.sampler import BucketBatchSampler
-from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.data.schema import SAMPLE_RATE, has_classes
 from fusion_ser.data.selection import RunData
 from fusion_ser.device import resolve_device, resolve_precision
 from fusion_ser.errors import FusionSerError
@@ -137,7 +137,7 @@ def make_plan(cfg: Config, data: RunData, model: nn.Module, cached: list[CachedI
         lengths = np.zeros_like(lengths)
     classes: dict[str, dict[str, int]] = {}
     problems: list[str] = []
-    if cfg.task == "categorical":
+    if has_classes(cfg.task):
         for split in ("train", "dev", "test"):
             counts = getattr(data, split)["label"].astype(str).value_counts()
             classes[split] = {c: int(counts.get(c, 0)) for c in data.labels}

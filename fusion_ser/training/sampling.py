@@ -27,7 +27,7 @@ from torch import nn
 
 from fusion_ser.config import Config
 from fusion_ser.data.sampler import BucketBatchSampler
-from fusion_ser.data.schema import CORPUS_COLUMN
+from fusion_ser.data.schema import CORPUS_COLUMN, has_classes
 from fusion_ser.models.losses import class_weights
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class SamplingPlan:
 
     def __init__(self, cfg: Config, train_labels: Sequence[str], classes: Sequence[str],
                  corpora: Optional[Sequence[str]] = None):
-        self.mode = cfg.data.sampler if cfg.task == "categorical" else "random"
+        self.mode = cfg.data.sampler if has_classes(cfg.task) else "random"
         self.staged_epochs = cfg.data.staged_epochs
         self.labels = [str(x) for x in train_labels]
         self.classes = list(classes)
@@ -85,7 +85,7 @@ class SamplingPlan:
             logger.warning("data.sampler=staged: no no-agreement rows among the train rows (they need "
                            "data.keep_no_agreement and soft labels), so the classes share the balanced epochs alone")
         self.weights = staged_weights(self.labels, self.classes) if self.mode == "staged" else None
-        if cfg.data.sampler != "random" and cfg.task != "categorical":
+        if cfg.data.sampler != "random" and not has_classes(cfg.task):
             logger.warning("data.sampler=%s balances classes; the attributes task samples at random", cfg.data.sampler)
 
     def sampler(self, lengths: np.ndarray, batch_size: int, seed: int, world_size: int,

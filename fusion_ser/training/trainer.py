@@ -30,7 +30,7 @@ from fusion_ser.data.sampler import BucketBatchSampler
 from fusion_ser.device import resolve_precision, to_device
 from fusion_ser.errors import FusionSerError
 from fusion_ser.evaluation.metrics import compute_metrics, higher_is_better, primary_metric
-from fusion_ser.rundir import RunInfo, atomic_write_text
+from fusion_ser.rundir import RunInfo, atomic_write_text, output_columns
 from fusion_ser.training import checkpoint as ckpt
 from fusion_ser.training import distributed as D
 from fusion_ser.training.averaging import WeightEMA
@@ -259,7 +259,7 @@ class Trainer(Runner):
         """Metrics on the WHOLE dev set (rank 0 evaluates; the figures are broadcast to every rank)."""
         stats: dict[str, Any] = {}
         if self.dist.is_main:
-            width = len(self.cfg.data.attributes) if self.cfg.task == "attributes" else len(self.labels)
+            width = len(output_columns(self.cfg.task, self.labels, list(self.cfg.data.attributes)))
             with self.averaged():
                 utt_ids, outputs, loss, _ = run_inference(self, loader, "dev", self.cfg.task, width)
             bad = non_finite_ids(utt_ids, outputs)
