@@ -351,3 +351,32 @@ def test_layer_weighting_survives_layerdrop_in_training(tmp_path) -> None:
     out = enc(tone_batch([8000, 5000]))
     assert out.features.shape == (2, conv_frames(8000), 32)
     assert enc.backbone.config.layerdrop == 0.0
+
+
+def test_whisper_layers_int8_frames_close_to_float32_cached_apart_and_round_trip(whisper_layers, tmp_path) -> None:
+    """audio_encoder.quantize=int8: the PyTorch copy's Linear layers run dynamic int8 matmuls; every layer's frames
+    stay within 20 % (relative Frobenius error) of float32's, under a cache id of their own, and the option survives
+    the config loader and save_pretrained / load_encoder."""
+    from fusion_ser.config import load_config
+
+    int8 = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="concat", quantize="int8"))
+    assert int8.cache_id() != whisper_layers.cache_id() and int8.output_dim == 5 * 384
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in int8.torch_encoder.modules())
+    rng = np.random.default_rng(3)
+    wav = tone_batch([48000])["wav"][0].numpy() + 0.05 * rng.normal(size=48000).astype(np.float32)
+    ref, got = whisper_layers.hidden_states(wav).numpy(), int8.hidden_states(wav).numpy()
+    assert got.shape == ref.shape and got.dtype == np.float32
+    rel = np.linalg.norm((got - ref).reshape(5, -1), axis=1) / np.linalg.norm(ref.reshape(5, -1), axis=1)
+    assert rel[0] < 1e-6 and 0 < rel[1:].min() and rel.max() < 0.2, rel  # layer 0 (conv front end) is float32
+    cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
+    assert cos.mean() > 0.97, cos.mean(axis=1)
+    assert load_config(None, ["audio_encoder.quantize=int8"]).audio_encoder.quantize == "int8"
+    with pytest.raises(ConfigError, match=r"audio_encoder\.quantize: 'int4' is not one of"):
+        load_config(None, ["audio_encoder.quantize=int4"])
+    again = load_encoder(int8.save_pretrained(tmp_path / "enc"))
+    assert again.config.quantize == "int8" and again.cache_id() == int8.cache_id()
+    np.testing.assert_array_equal(again.hidden_states(wav).numpy(), got)
+    with pytest.raises(AudioEncoderError, match=r"audio_encoder\.quantize: int8 applies to the frozen PyTorch copy"):
+        build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="last", quantize="int8"))
+    with pytest.raises(ConfigError, match=r"audio_encoder\.quantize: int8 applies to the ct2_whisper"):
+        build_audio_encoder(AudioEncoderConfig(type="fbank", finetune="full", quantize="int8"))

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 def build_audio_encoder(cfg: AudioEncoderConfig) -> Encoder:
     """The audio encoder named by cfg.type (choices declared in AudioEncoderConfig)."""
     check_choices(cfg, "audio_encoder.")
+    if cfg.quantize != "none" and cfg.type != "ct2_whisper":
+        raise ConfigError(f"audio_encoder.quantize: {cfg.quantize} applies to the ct2_whisper encoder's PyTorch copy, "
+                          f"not to type {cfg.type}; set audio_encoder.quantize=none", options=("audio_encoder.quantize",))
     if cfg.type == "ct2_whisper":
         from fusion_ser.encoders.ct2_whisper import CT2WhisperEncoder
 

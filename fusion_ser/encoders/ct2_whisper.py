@@ -32,7 +32,7 @@ from fusion_ser.device import resolve_device
 from fusion_ser.encoders.base import (AudioEncoder, AudioEncoderError, EncoderOutput, cached_output, combine_layers,
                                       pad_frames, split_batch_audio)
 from fusion_ser.encoders.lora import add_lora, save_adapter
-from fusion_ser.encoders.whisper_torch import WhisperEncoderTorch, encoder_layer_count
+from fusion_ser.encoders.whisper_torch import WhisperEncoderTorch, encoder_layer_count, quantize_int8
 from fusion_ser.packaged import packaged_model_path
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,12 @@ class CT2WhisperEncoder(AudioEncoder):
         if cfg.layers == "weighted":
             self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1))
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # follows .to(device) for the PyTorch copy
+        self.quantized = cfg.quantize == "int8"
+        if self.quantized and (not self.stack_layers or self.adapted):
+            raise AudioEncoderError("audio_encoder.quantize: int8 applies to the frozen PyTorch copy that computes every "
+                                    f"layer (layers weighted or concat, finetune frozen), not to layers={cfg.layers}, "
+                                    f"finetune={cfg.finetune}; for the last layer set audio_encoder.compute_type=int8 "
+                                    "(CTranslate2), or set quantize=none", options=("audio_encoder.quantize",))
         if self.adapted:
             self._torch = add_lora(WhisperEncoderTorch.from_ct2(self.model_path), cfg.lora, ["ffn_in", "ffn_out"],
                                    "audio_encoder.lora")
@@ -110,7 +116,9 @@ class CT2WhisperEncoder(AudioEncoder):
         """The PyTorch copy of the encoder that yields every layer, loaded on first use on the weights' device."""
         if self._torch is None:
             self._torch = WhisperEncoderTorch.from_ct2(self.model_path)
-        return self._torch.to(self._anchor.device)
+            if self.quantized:  # audio_encoder.quantize=int8: dynamic int8 matmuls, on the CPU
+                self._torch = quantize_int8(self._torch)
+        return self._torch if self.quantized else self._torch.to(self._anchor.device)
 
     @property
     def model(self) -> Any:
@@ -161,8 +169,8 @@ class CT2WhisperEncoder(AudioEncoder):
         if self.adapted:
             return None
         base = f"ct2_whisper|{Path(self.model_path).resolve()}|{model_hash(self.model_path)}"
-        if self.stack_layers:  # the PyTorch path in float32: CTranslate2's compute type plays no part
-            return base + "|stack=all_layers"
+        if self.stack_layers:  # the PyTorch path (float32, or int8 matmuls): CTranslate2's compute type plays no part
+            return base + "|stack=all_layers" + ("|int8" if self.quantized else "")
         return f"{base}|{self.compute_type}"
 
     def log_mel(self, wav: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ CTranslate2's `encode` output to float tolerance (tests/test_audio_encoders.py).
 from __future__ import annotations
 
 import struct
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -163,3 +164,20 @@ class WhisperEncoderTorch(nn.Module):
             hidden.append(x)
         hidden[-1] = self.norm(x)
         return hidden
+
+
+def quantize_int8(model: WhisperEncoderTorch) -> nn.Module:
+    """The encoder with dynamic int8 matmuls in its Linear layers (weights int8 per output channel, activations
+    quantised per call; convolutions, LayerNorms and attention stay float32): about 2x faster on a CPU, CPU only.
+
+    torch.ao's eager dynamic quantisation is deprecated upstream (its successor is torchao); its warnings are kept
+    out of the log, and a torch without it is a WhisperWeightsError naming the option."""
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError as e:
+        raise WhisperWeightsError(f"audio_encoder.quantize=int8 needs torch.ao.quantization, which this torch "
+                                  f"{torch.__version__} lacks ({e}); set audio_encoder.quantize=none",
+                                  options=("audio_encoder.quantize",)) from e
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (UserWarning, DeprecationWarning, FutureWarning))
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
