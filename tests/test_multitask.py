@@ -154,6 +154,9 @@ def test_fuse_and_ensemble_combine_each_head(runs, tmp_path) -> None:
     saved = RunDir(fused.path).read_predictions("test")
     np.testing.assert_allclose(again[cols].to_numpy(), saved[cols].to_numpy(), atol=1e-9)
     assert fused.n_folds == 2 and "ccc_mean" in fused.metrics["dev"]
+    soup = ensemble_runs(members, tmp_path / "soup", method="soup")
+    souped = RunDir(soup.path).read_predictions("test")
+    assert soup.info.task == "multitask" and set(cols) <= set(souped.columns) and "multitask_score" in soup.metrics["test"]
     res = CliRunner().invoke(main, ["fuse", str(members[0]), str(members[1]), "-o", str(tmp_path / "bad"),
                                     "--attribute-method", "mean", "--method", "interp"])
     assert res.exit_code == 1 and "does not apply to the class posteriors of multitask runs" in res.output
