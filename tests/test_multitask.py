@@ -180,6 +180,11 @@ def test_compare_a_multitask_run_with_a_categorical_one_on_the_class_figures(run
     res = CliRunner().invoke(main, ["compare", str(runs["cat"]), str(runs["mt0"]), "--baseline", str(runs["cat"]),
                                     "-o", str(tmp_path / "cmp.md"), "--n-boot", "20"])
     assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["compare", str(runs["mt1"]), "--baseline", str(runs["mt0"]),
+                                    "-o", str(tmp_path / "cmp.html"), "--n-boot", "20"])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "cmp.html").read_text()
+    assert "multitask score" in page and "CCC arousal" in page and "anger" in page
 
 
 def test_export_submission_writes_either_track_of_a_multitask_run(runs, tmp_path) -> None:
