@@ -9,8 +9,10 @@ test, fold k+1 dev, the rest train. Printed, all on the same folds and the same 
     regression), fit on train only (12 actors) and on train+dev (18 actors, how the 0.684 reference was fit);
   - the quoted references: openSMILE eGeMAPSv02 + linear SVM 0.503, plain recipe 0.684.
 
-    python bench/ravdess_audio.py [--data /work/shared/data/ravdess] [--out /tmp/ravdess_bench] [--keep]
+    python bench/ravdess_audio.py [--data /work/shared/data/ravdess] [--out /tmp/ravdess_bench] [--keep] [--threads 1]
                                   [--variants base,...,layers_speed_refit_ema] [key=value ...]
+Training time is printed as wall seconds, CPU seconds of the whole train_cv (process time: the figure to compare on a
+shared machine) and CPU seconds of the train stage alone (the trainer's per-epoch train_cpu_seconds).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, recall_score
 from sklearn.pipeline import make_pipeline
@@ -68,7 +71,8 @@ def fill_cache(cfg: Config, df: pd.DataFrame, speeds: list[float], all_layers: b
                ) -> tuple[FeatureCache, object, float, int]:
     """Frames of every clip and speed-perturbed copies of every clip (each is a train clip in some fold)."""
     stacked = cfg.audio_encoder.layers if cfg.audio_encoder.layers != "last" else "weighted"
-    encoder = build_audio_encoder(dataclasses.replace(cfg.audio_encoder, layers=stacked if all_layers else "last"))
+    last = {"layers": "last", "quantize": "none"}  # audio_encoder.quantize applies to the all-layers copy only
+    encoder = build_audio_encoder(dataclasses.replace(cfg.audio_encoder, **({"layers": stacked} if all_layers else last)))
     cache = FeatureCache(cfg.train.cache_dir, sample_rate=cfg.data.sample_rate, min_seconds=cfg.data.min_seconds,
                          max_seconds=cfg.data.max_eval_seconds)
     items = [{"utt_id": r.utt_id, "path": r.path} for r in df.itertuples()]
@@ -111,8 +115,10 @@ def main() -> None:
                     help="reuse finished (and resume unfinished) folds of earlier runs; wall times add up over runs")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds of the config's own variant (the others: seed "
                     "0); more than one adds the mean ensemble of their posteriors (`fusion-ser ensemble --method mean`)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the figures of a shared CPU)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = ravdess_manifest(Path(args.data), out)
@@ -153,24 +159,28 @@ def main() -> None:
                 shutil.rmtree(runs)
             vcfg = load_config(args.config, [f"train.cache_dir={out / 'cache'}", *args.overrides, *overrides,
                                              f"seed={seed}"])
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             summary = train_cv(vcfg, manifest, runs)
-            wall_file = runs / "bench_wall_s.json"  # training time summed over the invocations that trained its folds
-            wall = time.perf_counter() - start + (json.loads(wall_file.read_text()) if wall_file.is_file() else 0.0)
-            wall_file.write_text(json.dumps(wall))
+            # training time (wall, and CPU of this process) summed over the invocations that trained its folds
+            time_file = runs / "bench_time_s.json"
+            spent = json.loads(time_file.read_text()) if time_file.is_file() else {"wall": 0.0, "cpu": 0.0}
+            spent = {"wall": spent["wall"] + time.perf_counter() - start,
+                     "cpu": spent["cpu"] + time.process_time() - cpu_start}
+            time_file.write_text(json.dumps(spent))
             all_runs.append(runs)
-            figures[f"{key}/seed{seed}"] = variant_figures(f"{name}, seed {seed}", summary, runs, n_folds, wall)
+            figures[f"{key}/seed{seed}"] = variant_figures(f"{name}, seed {seed}", summary, runs, n_folds, spent)
         if len(seeds) > 1:
-            wall = sum(figures[f"{key}/seed{s}"]["wall_s"] for s in seeds)
+            spent = {k: sum(figures[f"{key}/seed{s}"][f"{k}_s"] for s in seeds) for k in ("wall", "cpu", "loop_cpu")}
             figures[f"{key}/ensemble"] = ensemble_figures(f"{name}, mean of {len(seeds)} seeds", all_runs,
-                                                          out / f"ens_{key}", n_folds, wall)
+                                                          out / f"ens_{key}", n_folds, spent)
 
-    print(f"\n{'model':58s} {'test macro-F1 (4 folds)':26s} {'dev F1':7s} {'UAR':6s} {'pooled F1':9s} wall")
+    print(f"\n{'model':58s} {'test macro-F1 (4 folds)':26s} {'dev F1':7s} {'UAR':6s} {'pooled F1':9s} "
+          "training: wall / CPU s (train_cv) / CPU s of the train stage")
     for key, f in figures.items():
         tag = " *" if variant_overrides(VARIANTS[key.split("/")[0]][1]) == own else ""
         print(f"{f['name'] + tag:58s} {f['mean']:.3f} ± {f['std']:.3f} {fmt_folds(f['per_fold']):11s} "
-              f"{f['dev_mean']:.3f}   {f['uar_mean']:.3f}  {f['pooled_f1']:.3f}     {f['wall_s']:.0f} s "
-              f"(best epochs {f['best_epochs']})")
+              f"{f['dev_mean']:.3f}   {f['uar_mean']:.3f}  {f['pooled_f1']:.3f}     {f['wall_s']:.0f} s / "
+              f"{f['cpu_s']:.0f} s / {f['loop_cpu_s']:.0f} s ({f['epochs']} epochs; best epochs {f['best_epochs']})")
     for name, scores in plain.items():
         print(f"{'plain recipe (mean+std, std., balanced LR) fit on ' + name:58s} {np.mean(scores):.3f} ± "
               f"{np.std(scores):.3f} {fmt_folds(scores):11s} {'':7s} {'':6s} {'':9s} {plain_s:.0f} s (both)")
@@ -185,18 +195,26 @@ def main() -> None:
                                                   "plain_s": plain_s}, indent=2, default=float))
 
 
-def variant_figures(name: str, summary: dict, runs: Path, n_folds: int, wall: float) -> dict:
+def loop_cpu(runs: Path, n_folds: int) -> tuple[float, int]:
+    """CPU seconds of the train stage (the trainer's train_cpu_seconds, train + refit logs) and the epoch count."""
+    logs = [pd.read_csv(p) for k in range(n_folds) for p in sorted((runs / f"fold_{k}").glob("*train_log.csv"))]
+    return float(sum(log["train_cpu_seconds"].sum() for log in logs)), int(sum(len(log) for log in logs))
+
+
+def variant_figures(name: str, summary: dict, runs: Path, n_folds: int, spent: dict) -> dict:
     """Test/dev figures of one cross-validated variant from its cv summary and test predictions."""
     per_fold = [m["test"]["macro_f1"] for m in summary["per_fold"]]
     preds = pd.concat([RunDir(runs / f"fold_{k}").read_predictions("test") for k in range(n_folds)])
+    cpu, epochs = loop_cpu(runs, n_folds)
     return {"name": name, "per_fold": per_fold, "mean": float(np.mean(per_fold)), "std": float(np.std(per_fold)),
             "dev_mean": summary["dev"]["macro_f1"]["mean"], "uar_mean": summary["test"]["uar"]["mean"],
-            "wall_s": wall, "pooled_f1": f1_score(preds["label"], preds["pred"], average="macro"),
+            "wall_s": spent["wall"], "cpu_s": spent["cpu"], "loop_cpu_s": cpu, "epochs": epochs,
+            "pooled_f1": f1_score(preds["label"], preds["pred"], average="macro"),
             "pooled_uar": recall_score(preds["label"], preds["pred"], average="macro"),
             "best_epochs": [m["best_epoch"] for m in summary["per_fold"]]}
 
 
-def ensemble_figures(name: str, runs: list[Path], out: Path, n_folds: int, wall: float) -> dict:
+def ensemble_figures(name: str, runs: list[Path], out: Path, n_folds: int, spent: dict) -> dict:
     """Per fold, the mean-posterior ensemble of the seeds' runs (the `fusion-ser ensemble` code path)."""
     from fusion_ser.fusion.ensemble import ensemble_runs
 
@@ -211,7 +229,8 @@ def ensemble_figures(name: str, runs: list[Path], out: Path, n_folds: int, wall:
         preds.append(test)
     pooled = pd.concat(preds)
     return {"name": name, "per_fold": per_fold, "mean": float(np.mean(per_fold)), "std": float(np.std(per_fold)),
-            "dev_mean": float(np.mean(dev)), "uar_mean": float(np.mean(uar)), "wall_s": wall,
+            "dev_mean": float(np.mean(dev)), "uar_mean": float(np.mean(uar)), "wall_s": spent["wall"],
+            "cpu_s": spent["cpu"], "loop_cpu_s": spent["loop_cpu"], "epochs": 0,
             "pooled_f1": f1_score(pooled["label"], pooled["pred"], average="macro"),
             "pooled_uar": recall_score(pooled["label"], pooled["pred"], average="macro"), "best_epochs": []}
 

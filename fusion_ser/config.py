@@ -198,6 +198,9 @@ class TrainConfig:
     cache_dir: Optional[str] = None  # None: ~/.cache/fusion-ser/features
     # fraction of the machine's RAM that cached frames may hold in memory (shared by a node's ranks); 0: read from disk
     feature_memory: float = ranged(0.25, "[0, 1]")
+    # the resumable checkpoint: after a fit's first and last epoch, and in between at most every N seconds (a head
+    # over cached vectors trains an epoch in less time than writing one); 0: after every epoch
+    checkpoint_seconds: float = ranged(30.0, "[0, inf)")
     num_workers: int = ranged(0, "[0, inf)")
     log_every: int = ranged(10, "[1, inf)")
     report: bool = True  # write report.md + figures (fusion_ser.evaluation) when training ends

@@ -157,6 +157,8 @@ def test_pooled_training_matches_the_frame_path_and_resumes_exactly(corpus, cach
     fits: list = []
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, corpus, tmp_path / "r", trainer_cls=FitSpy.make(fits, ("main", 2)))
+    # train.checkpoint_seconds (30 s): these epochs take less, so the checkpoint is epoch 1's and epoch 2 trains again
+    assert len(pd.read_csv(tmp_path / "r" / "train_log.csv")) == 1
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, corpus, tmp_path / "r", trainer_cls=FitSpy.make(fits, ("refit", 1)))
     resumed = train_run(cfg, corpus, tmp_path / "r")

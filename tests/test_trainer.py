@@ -168,7 +168,10 @@ def test_resume_after_interruption_gives_identical_metrics(corpus, ssl_models, t
     from fusion_ser.training.job import train_run
     from tests.interrupt import Interrupted, StopAfterTwo
 
-    cfg = tiny_cfg(ssl_models["wavlm"], "head.dropout=0.3", "train.grad_accum=2", "optim.schedule=cosine")
+    # train.checkpoint_seconds=0: a checkpoint after every epoch (the default's resume from an earlier checkpoint
+    # than the stop: tests/test_frame_store.py)
+    cfg = tiny_cfg(ssl_models["wavlm"], "head.dropout=0.3", "train.grad_accum=2", "optim.schedule=cosine",
+                   "train.checkpoint_seconds=0")
     full = train_run(cfg, corpus, tmp_path / "full")
     with pytest.raises(Interrupted):
         train_run(cfg, corpus, tmp_path / "resumed", trainer_cls=StopAfterTwo)
@@ -568,6 +571,29 @@ def test_weight_ema_matches_numpy_and_restores_raw_weights() -> None:
         np.testing.assert_allclose(model[0].weight.detach().numpy(), expected["0.weight"], rtol=1e-5, atol=1e-6)
         assert torch.equal(model[1].weight, raw["1.weight"])
     assert all(torch.equal(p, raw[n]) for n, p in model.named_parameters())
+
+
+def test_optimizer_is_fused_adamw_matching_numpy() -> None:
+    """build_optimizer: AdamW with torch's fused kernel on CPU parameters; its steps are AdamW's (numpy)."""
+    from fusion_ser.training.optim import build_optimizer
+
+    torch.manual_seed(0)
+    cfg = load_config(None, ["optim.lr_head=0.01", "optim.weight_decay=0.1"])
+    model = torch.nn.Linear(4, 3)
+    opt = build_optimizer(model, cfg)
+    assert opt.defaults["fused"] is True and opt.param_groups[0]["lr"] == 0.01
+    w, m, v = model.weight.detach().double().numpy().copy(), 0.0, 0.0
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for t in range(1, 6):
+        x = torch.randn(5, 4)
+        model(x).pow(2).sum().backward()
+        g = model.weight.grad.double().numpy()
+        opt.step()
+        opt.zero_grad()
+        w = w * (1 - 0.01 * 0.1)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        w = w - 0.01 * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    np.testing.assert_allclose(model.weight.detach().numpy(), w, rtol=1e-5, atol=1e-6)
 
 
 def test_ema_weights_are_the_ones_selected_and_saved(corpus, ssl_models, tmp_path) -> None:

@@ -156,6 +156,13 @@ class EmotionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.df)
 
+    @property
+    def pooled_only(self) -> bool:
+        """True when items carry the audio's pooled vector and nothing else to encode (an audio model over a
+        parameter-free pooling): batches then hold no padding, whatever their size."""
+        audio = self.cached.get("audio")
+        return self.cfg.modality == "audio" and audio is not None and audio.pooled is not None
+
     def set_epoch(self, epoch: int) -> None:
         """Training crops are a function of (seed, epoch, row): call once per epoch."""
         self.epoch = int(epoch)

@@ -20,15 +20,26 @@ class WeightEMA:
         self.names = [n for n, p in module.named_parameters() if p.requires_grad]
         self.shadow: dict[str, torch.Tensor] = {}
         self.updates = 0
+        self._params: tuple[int, list[torch.Tensor]] = (0, [])  # (id of the module, its trained parameters)
+
+    def _tensors(self, module: nn.Module) -> list[torch.Tensor]:
+        """The module's trained parameters in `names` order, looked up once per module (not on every step: walking
+        a model that holds a frozen encoder costs more than the update itself)."""
+        if self._params[0] != id(module):
+            params = dict(module.named_parameters())
+            self._params = (id(module), [params[n] for n in self.names])
+        return self._params[1]
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
-        params = dict(module.named_parameters())
+        params = self._tensors(module)
         if not self.shadow:
-            self.shadow = {n: params[n].detach().float().clone() for n in self.names}
+            self.shadow = {n: p.detach().float().clone() for n, p in zip(self.names, params)}
+        elif all(p.dtype == torch.float32 for p in params):  # one fused lerp over every tensor
+            torch._foreach_lerp_([self.shadow[n] for n in self.names], [p.detach() for p in params], 1.0 - self.decay)
         else:
-            for n in self.names:
-                self.shadow[n].lerp_(params[n].detach().float(), 1.0 - self.decay)
+            for n, p in zip(self.names, params):
+                self.shadow[n].lerp_(p.detach().float(), 1.0 - self.decay)
         self.updates += 1
 
     @contextlib.contextmanager
@@ -37,7 +48,7 @@ class WeightEMA:
         if not self.shadow:
             yield
             return
-        params = dict(module.named_parameters())
+        params = dict(zip(self.names, self._tensors(module)))
         raw = {n: params[n].detach().clone() for n in self.names}
         with torch.no_grad():
             for n in self.names:

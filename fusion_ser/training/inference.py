@@ -79,9 +79,13 @@ def as_runner(model: Union[nn.Module, Runner], cfg: Config, device: Optional[tor
     return Runner(base, device, resolve_precision(device, cfg.train.precision))
 
 
+POOLED_EVAL_BATCH = 512  # rows per evaluation batch of pooled vectors (no padding: one matmul serves many rows)
+
+
 def eval_loader(dataset: EmotionDataset, cfg: Config) -> DataLoader:
-    """Batches sorted by length (least padding), in a fixed order."""
-    sampler = BucketBatchSampler(dataset.lengths(), cfg.train.batch_size, shuffle=False)
+    """Batches sorted by length (least padding), in a fixed order; rows served as pooled vectors in large batches."""
+    size = max(cfg.train.batch_size, POOLED_EVAL_BATCH) if dataset.pooled_only else cfg.train.batch_size
+    sampler = BucketBatchSampler(dataset.lengths(), size, shuffle=False)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.train.num_workers)
 
 

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 # Options that change how a run executes but not what it computes: they may differ when resuming.
 RUNTIME_KEYS = {("train", "device"), ("train", "num_workers"), ("train", "cache_dir"), ("train", "log_every"),
-                ("train", "report"), ("data", "manifest"), ("train", "feature_memory")}
+                ("train", "report"), ("data", "manifest"), ("train", "feature_memory"), ("train", "checkpoint_seconds")}
 
 
 def _emit(progress: Optional[Callback], dist: D.DistInfo, event: Any) -> None:

@@ -2,8 +2,9 @@
 
 `Trainer.fit` trains with AdamW (separate encoder and head learning rates, warm-up + schedule, accumulation,
 clipping, mixed precision, length-bucketed batches), evaluates the whole dev set each epoch, selects the best
-epoch, stops early, and checkpoints every epoch (weights, optimizer, scheduler, RNG states, log) so a resumed fit
-ends where an uninterrupted one would. Under torchrun it trains with DDP.
+epoch, stops early, and checkpoints (weights, optimizer, scheduler, RNG states, log; after the first and the last
+epoch, in between every train.checkpoint_seconds) so a resumed fit ends where an uninterrupted one would. Under
+torchrun it trains with DDP.
 Hooks for subclasses, SpeechBrain-style: compute_forward and compute_objectives (inherited from `Runner`, so they
 run in every stage: train, dev, test, predict), on_stage_start, on_stage_end, on_epoch_end.
 What a job does around the loop (rows, caches, the run directory, refit, CV) lives in training/job.py.
@@ -38,7 +39,7 @@ from fusion_ser.training.domain import eval_copy, fit_domains
 from fusion_ser.training.events import Callback, EpochEnded, EpochStarted, Event, StepDone
 from fusion_ser.training.inference import Runner, eval_loader, non_finite_ids, outputs_frame, run_inference
 from fusion_ser.training.mixup import Mixup
-from fusion_ser.training.optim import lr_lambda, param_groups
+from fusion_ser.training.optim import build_optimizer, lr_lambda
 from fusion_ser.training.sampling import SamplingPlan, train_corpora
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Trainer(Runner):
         self.log_path = Path(log_path)
         self.progress = progress
         self.model = D.wrap_model(self.module, dist, device)
-        self.optimizer = torch.optim.AdamW(param_groups(self.module, cfg), weight_decay=cfg.optim.weight_decay)
+        self.optimizer = build_optimizer(self.module, cfg)
         self.ema = WeightEMA(self.module, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
         self.mixup = Mixup(cfg, dist.rank)  # data.mixup: training batches only
@@ -84,6 +85,8 @@ class Trainer(Runner):
         self.best_epoch = 0
         self.bad_epochs = 0
         self.log: list[dict[str, Any]] = []
+        self._best_state: Optional[dict[str, torch.Tensor]] = None  # selected weights not yet in best.pt
+        self._saved = (0, 0.0)  # (epoch, time.perf_counter()) of the last checkpoint written or resumed from
 
     # hooks -----------------------------------------------------------------------------------------------------
 
@@ -94,7 +97,8 @@ class Trainer(Runner):
         """Called after each stage with its figures (train: loss, utt/s; dev: metrics)."""
 
     def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
-        """Called after the epoch's checkpoint is written (a safe point to stop)."""
+        """Called after each epoch, once its checkpoint is written when one is due (train.checkpoint_seconds): a
+        fit stopped here resumes from its last checkpoint and ends as an uninterrupted one would."""
 
     # loop ------------------------------------------------------------------------------------------------------
 
@@ -132,6 +136,7 @@ class Trainer(Runner):
         warmup = int(round(cfg.optim.warmup_ratio * total))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim.schedule, total, warmup))
         self._load_checkpoint()
+        self._saved = (self.epoch, time.perf_counter())
         dev_loader = eval_loader(dev_set, cfg) if dev_set is not None else None
         while self.epoch < self.epochs and not self._stopped():
             epoch = self.epoch + 1
@@ -154,7 +159,11 @@ class Trainer(Runner):
                    "best": improved}
             self.log.append(row)
             self.epoch = epoch
-            self._save_checkpoint(improved)
+            if improved and self.dist.is_main:  # the selected weights (the EMA's when on), in the next checkpoint
+                with self.averaged():
+                    self._best_state = ckpt.trainable_state(self.module)
+            if self._checkpoint_due():
+                self._save_checkpoint()
             self._emit(EpochEnded(epoch=epoch, epochs=self.epochs, metric=self.metric, train_loss=train_stats["loss"],
                                   utt_per_s=train_stats["utt_per_s"],
                                   dev=dev_stats.get(self.metric) if dev_set is not None else None,
@@ -236,10 +245,10 @@ class Trainer(Runner):
         return D.all_reduce_sum([1.0 if size else 0.0], self.dist)[0] >= self.dist.world_size
 
     def _step(self) -> None:
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.cfg.optim.grad_clip > 0:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
         if self.scaler:
             self.scaler.step(self.optimizer)
@@ -293,13 +302,21 @@ class Trainer(Runner):
 
     # checkpoints -----------------------------------------------------------------------------------------------
 
-    def _save_checkpoint(self, improved: bool) -> None:
+    def _checkpoint_due(self) -> bool:
+        """After the first epoch of a fit from scratch, after its last one (early stopping included), and otherwise
+        once train.checkpoint_seconds have passed since the last checkpoint; rank 0's clock decides for all ranks."""
+        every = self.cfg.train.checkpoint_seconds
+        due = (every <= 0 or self._saved[0] == 0 or self.epoch >= self.epochs or self._stopped()
+               or time.perf_counter() - self._saved[1] >= every)
+        return bool(D.broadcast_object(due, self.dist)) if self.dist.enabled else due
+
+    def _save_checkpoint(self) -> None:
         folder = self.checkpoint_dir
         if self.dist.is_main:
             folder.mkdir(parents=True, exist_ok=True)
-            if improved:
-                with self.averaged():
-                    ckpt.save(ckpt.trainable_state(self.module), folder / "best.pt")
+            if self._best_state is not None:
+                ckpt.save(self._best_state, folder / "best.pt")
+                self._best_state = None
             state = {
                 "epoch": self.epoch,
                 "model": ckpt.trainable_state(self.module),
@@ -317,6 +334,7 @@ class Trainer(Runner):
         D.barrier(self.dist)
         ckpt.save(ckpt.rng_state(), folder / f"rng_rank{self.dist.rank}.pt")
         D.barrier(self.dist)
+        self._saved = (self.epoch, time.perf_counter())
 
     def _load_checkpoint(self) -> None:
         path = self.checkpoint_dir / "last.pt"
