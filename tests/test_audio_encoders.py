@@ -376,6 +376,13 @@ def test_whisper_layers_int8_frames_close_to_float32_cached_apart_and_round_trip
     again = load_encoder(int8.save_pretrained(tmp_path / "enc"))
     assert again.config.quantize == "int8" and again.cache_id() == int8.cache_id()
     np.testing.assert_array_equal(again.hidden_states(wav).numpy(), got)
+    from fusion_ser.models.factory import build_model
+    from fusion_ser.training.checkpoint import trainable_state
+
+    model = build_model(load_config(None, ["audio_encoder.layers=concat", "audio_encoder.quantize=int8",
+                                           "pooling.type=mean_std"]), ["a", "b"])
+    assert model.encoder.output_dim == 5 * 384  # loads the int8 copy
+    model.load_state_dict(trainable_state(model), strict=False)  # what resume and the selected weights do
     with pytest.raises(AudioEncoderError, match=r"audio_encoder\.quantize: int8 applies to the frozen PyTorch copy"):
         build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="last", quantize="int8"))
     with pytest.raises(ConfigError, match=r"audio_encoder\.quantize: int8 applies to the ct2_whisper"):

@@ -104,6 +104,7 @@ class CT2WhisperEncoder(AudioEncoder):
         state["_extractor"] = None
         if not self.adapted:  # the frozen copy is re-read from model.bin; an adapted one holds trained weights
             state["_torch"] = None
+        state["_int8"] = None
         return state
 
     @property
@@ -114,11 +115,14 @@ class CT2WhisperEncoder(AudioEncoder):
     @property
     def torch_encoder(self) -> nn.Module:
         """The PyTorch copy of the encoder that yields every layer, loaded on first use on the weights' device."""
+        if self.quantized:  # audio_encoder.quantize=int8: dynamic int8 matmuls, on the CPU; kept out of the module
+            # tree (a plain attribute), since quantised layers cannot load the checkpoints' partial state dicts
+            if self.__dict__.get("_int8") is None:
+                self.__dict__["_int8"] = quantize_int8(WhisperEncoderTorch.from_ct2(self.model_path))
+            return self.__dict__["_int8"]
         if self._torch is None:
             self._torch = WhisperEncoderTorch.from_ct2(self.model_path)
-            if self.quantized:  # audio_encoder.quantize=int8: dynamic int8 matmuls, on the CPU
-                self._torch = quantize_int8(self._torch)
-        return self._torch if self.quantized else self._torch.to(self._anchor.device)
+        return self._torch.to(self._anchor.device)
 
     @property
     def model(self) -> Any:
