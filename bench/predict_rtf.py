@@ -30,7 +30,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--beam-size", type=int, default=None,
+                    help="ASR beam (default: predict's own transcriber, beam 5); 1 = greedy decoding")
+    ap.add_argument("--threads", type=int, default=0, help="torch and ASR CPU threads (0: the libraries' defaults)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from fusion_ser.predict import load
 
@@ -39,18 +46,24 @@ def main() -> None:
     clips = manifest.sample(n=min(args.n, len(manifest)), random_state=args.seed).reset_index(drop=True)
     paths = [str(Path(args.data) / p) for p in clips["path"]]
 
-    t0 = time.perf_counter()
-    predictor = load(args.run, device=args.device)
-    load_s = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    transcriber = None
+    if args.beam_size is not None or args.threads:
+        from fusion_ser.transcribe import get_transcriber
+
+        options = {"beam_size": args.beam_size} if args.beam_size is not None else {}
+        transcriber = get_transcriber("faster-whisper", device=args.device, cpu_threads=args.threads, **options)
+    predictor = load(args.run, device=args.device, transcriber=transcriber)
+    load_s, load_cpu = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
     predictor.predict(paths[:2], batch_size=args.batch_size)
     warm_s = time.perf_counter() - t0
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     results = predictor.predict(paths, batch_size=args.batch_size)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     _, py_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -61,9 +74,11 @@ def main() -> None:
     print(f"run: {args.run} (kind {predictor.info.kind}, modality {predictor.info.modality}), device {args.device}")
     print(f"clips: {len(results)} RAVDESS clips, {audio_s:.1f} s of audio, batch size {args.batch_size}, "
           f"errors {sum('error' in r for r in results)}")
-    print(f"load run: {load_s:.2f} s; warm-up on 2 clips: {warm_s:.2f} s")
+    print(f"load run: {load_s:.2f} s ({load_cpu:.2f} CPU s); warm-up on 2 clips: {warm_s:.2f} s; ASR beam "
+          f"{predictor.transcriber().options.get('beam_size') if predictor.needs_text else '-'}")
     print(f"predict wall time: {wall:.2f} s; real-time factor {wall / audio_s:.3f} "
-          f"({audio_s / wall:.1f}x faster than real time)")
+          f"({audio_s / wall:.1f}x faster than real time); CPU time {cpu:.2f} s ({audio_s / cpu:.1f}x real time "
+          f"per CPU-second); with the run's loading: {audio_s / (wall + load_s):.1f}x wall")
     print("time per stage:")
     for stage, sec in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:14s} {sec:7.2f} s  {100 * sec / wall:5.1f}%  RTF {sec / audio_s:.3f}")
