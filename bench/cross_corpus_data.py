@@ -23,7 +23,7 @@ from scipy.signal import butter, fftconvolve, sosfilt
 
 from fusion_ser.data.audio import load_audio
 from fusion_ser.data.manifest import read_manifest, write_manifest
-from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.schema import SAMPLE_RATE
 
 SHARED = ["anger", "disgust", "fear", "happiness", "neutral", "sadness"]  # RAVDESS classes EmoDB and EMOVO share
 DEV_ACTORS = {f"Actor_{i:02d}" for i in range(21, 25)}

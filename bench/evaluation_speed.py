@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusion_ser.data.schema import ATTRIBUTES, CATEGORICAL_LABELS
+from fusion_ser.schema import ATTRIBUTES, CATEGORICAL_LABELS
 from fusion_ser.evaluation.compare import compare_runs, write_comparison
 from fusion_ser.evaluation.metrics import compute_metrics
 from fusion_ser.evaluation.report import evaluate_run

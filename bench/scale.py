@@ -405,7 +405,7 @@ def step_make_runs(p: Paths, n: int) -> dict:
 
     from fusion_ser.config import Config
     from fusion_ser.data.manifest import read_manifest
-    from fusion_ser.data.schema import CATEGORICAL_LABELS
+    from fusion_ser.schema import CATEGORICAL_LABELS
     from fusion_ser.rundir import RunDir, RunInfo
 
     labels = list(CATEGORICAL_LABELS)

@@ -18,7 +18,7 @@ from typing import Literal, Optional
 
 import yaml
 
-from fusion_ser.data.schema import ATTRIBUTES, SAMPLE_RATE
+from fusion_ser.schema import ATTRIBUTES, SAMPLE_RATE
 from fusion_ser.typed_config import (  # noqa: F401  (re-exported: the config's public surface)
     ConfigError, _coerce, _merge, build_dataclass, check_choices, choices, parse_overrides, ranged,
 )

@@ -23,7 +23,7 @@ import pandas as pd
 
 from fusion_ser.adapt import domain_mode
 from fusion_ser.data.manifest import read_manifest
-from fusion_ser.data.schema import NON_CLASS_LABELS, has_attributes, has_classes
+from fusion_ser.schema import NON_CLASS_LABELS, has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
 from fusion_ser.predict import load
 from fusion_ser.rundir import (RunDir, RunInfo, file_hash, prediction_frame, prepare_output, read_run_config,

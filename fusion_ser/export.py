@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from fusion_ser.config import Config
-from fusion_ser.data.schema import SAMPLE_RATE, has_attributes, has_classes
+from fusion_ser.schema import SAMPLE_RATE, has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
 from fusion_ser.models.output import readout
 from fusion_ser.rundir import RunDir, RunInfo, atomic_write_text

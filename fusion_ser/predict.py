@@ -30,7 +30,7 @@ import torch
 
 from fusion_ser.adapt import adapt_predictor
 from fusion_ser.data.audio import load_audio, waveform
-from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.device import resolve_device
 from fusion_ser.errors import FusionSerError
 from fusion_ser.fusion.runs import load_combiner

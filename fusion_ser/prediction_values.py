@@ -3,7 +3,7 @@ multitask run), read from a prediction-frame row; and the duration-weighted whol
 
 from __future__ import annotations
 
-from fusion_ser.data.schema import has_attributes, has_classes
+from fusion_ser.schema import has_attributes, has_classes
 from fusion_ser.rundir import RunInfo, attr_pred_columns, prob_columns
 from fusion_ser.segment import aggregate
 

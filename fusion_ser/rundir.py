@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 
 from fusion_ser.config import Config, ConfigError, config_with_overrides, read_yaml_mapping
-from fusion_ser.data.schema import CORPUS_COLUMN, has_attributes, has_classes
+from fusion_ser.schema import CORPUS_COLUMN, has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
 from fusion_ser import files
 

@@ -16,7 +16,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from fusion_ser.data.schema import ANNOTATIONS_COLUMN, ANNOTATION_SEPARATOR
+from fusion_ser.schema import ANNOTATIONS_COLUMN, ANNOTATION_SEPARATOR
 
 __all__ = ["ANNOTATIONS_COLUMN", "parse_votes", "format_votes", "vote_matrix", "annotator_targets"]
 

@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.errors import FusionSerError
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from fusion_ser.data.audio import AudioError, audio_duration, load_audio
 from fusion_ser.data.augment import speed_perturb
 from fusion_ser.data.context import CONTEXT_COLUMN
 from fusion_ser.data.annotations import annotator_targets, vote_matrix
-from fusion_ser.data.schema import ANNOTATIONS_COLUMN, SOFT_PREFIX, has_attributes
+from fusion_ser.schema import ANNOTATIONS_COLUMN, SOFT_PREFIX, has_attributes
 from fusion_ser.data.feature_cache import FeatureCache
 from fusion_ser.data.frame_store import FrameMemory, PooledStore
 from fusion_ser.encoders.base import Encoder, pad_frames

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
-from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.encoders.base import Encoder
 from fusion_ser.errors import FusionSerError
 from fusion_ser.files import atomic_write_bytes

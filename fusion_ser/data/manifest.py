@@ -15,9 +15,9 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from fusion_ser.data.schema import ATTRIBUTES, CATEGORICAL_LABELS
+from fusion_ser.schema import ATTRIBUTES, CATEGORICAL_LABELS
 from fusion_ser.data.audio import check_audio
-from fusion_ser.data.schema import (ANNOTATION_SEPARATOR, ANNOTATIONS_COLUMN, NON_CLASS_LABELS, REQUIRED_COLUMNS,
+from fusion_ser.schema import (ANNOTATION_SEPARATOR, ANNOTATIONS_COLUMN, NON_CLASS_LABELS, REQUIRED_COLUMNS,
                                     SOFT_PREFIX, SPLITS)
 from fusion_ser.errors import FusionSerError
 from fusion_ser.files import atomic_path

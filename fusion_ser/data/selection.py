@@ -23,7 +23,7 @@ from fusion_ser.data.folds import apply_fold
 from fusion_ser.data.context import with_context
 from fusion_ser.data.manifest import read_manifest
 from fusion_ser.data.annotations import vote_matrix
-from fusion_ser.data.schema import ANNOTATIONS_COLUMN, NON_CLASS_LABELS, SOFT_PREFIX, has_attributes, has_classes
+from fusion_ser.schema import ANNOTATIONS_COLUMN, NON_CLASS_LABELS, SOFT_PREFIX, has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from fusion_ser.config import ConfigError, DataConfig, ManifestSource
 from fusion_ser.data.manifest import read_manifest
-from fusion_ser.data.schema import CORPUS_COLUMN
+from fusion_ser.schema import CORPUS_COLUMN
 from fusion_ser.errors import FusionSerError
 from fusion_ser.files import atomic_path
 from fusion_ser.rundir import file_hash

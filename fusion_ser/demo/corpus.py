@@ -28,7 +28,7 @@ import soundfile as sf
 import soxr
 
 from fusion_ser.data.manifest import write_manifest
-from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.errors import FusionSerError
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from fusion_ser.config import AudioEncoderConfig
-from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.device import resolve_device
 from fusion_ser.encoders.base import (AudioEncoder, AudioEncoderError, EncoderOutput, cached_output, combine_layers,
                                       pad_frames, split_batch_audio)

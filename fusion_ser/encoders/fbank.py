@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fusion_ser.config import AudioEncoderConfig, ConfigError
-from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.encoders.base import AudioEncoder, EncoderOutput
 
 WIN_LENGTH = 400  # 25 ms

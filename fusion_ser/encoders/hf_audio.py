@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fusion_ser.config import AudioEncoderConfig, ConfigError
-from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.encoders.base import (AudioEncoder, AudioEncoderError, EncoderOutput, cached_output, combine_layers,
                                       split_batch_audio)
 from fusion_ser.encoders.lora import add_lora, save_adapter

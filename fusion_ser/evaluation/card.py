@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from fusion_ser.data.schema import has_attributes, has_classes
+from fusion_ser.schema import has_attributes, has_classes
 from fusion_ser.evaluation.metrics import headline_keys, metric_label
 from fusion_ser.rundir import RunDir, RunDirError, RunInfo, atomic_write_text, read_run_config
 

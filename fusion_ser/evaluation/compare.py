@@ -23,7 +23,7 @@ from fusion_ser.evaluation import plots
 from fusion_ser.evaluation.metrics import (compute_metrics, headline_keys, headline_metrics, higher_is_better, metric_label,
                                           primary_key, primary_metric)
 from fusion_ser.evaluation.report import load_speakers
-from fusion_ser.data.schema import has_attributes, has_classes
+from fusion_ser.schema import has_attributes, has_classes
 from fusion_ser.evaluation.resampling import ScoreData, bootstrap_ci, paired_test, score_data, shared_task
 from fusion_ser.rundir import RunDir, RunInfo, atomic_write_text
 

@@ -17,7 +17,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from fusion_ser.data.schema import has_attributes, has_classes
+from fusion_ser.schema import has_attributes, has_classes
 from fusion_ser.evaluation.metrics import headline_keys, metric_label
 from fusion_ser.rundir import RunDir, RunInfo, atomic_write_text
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, recall_score
 
-from fusion_ser.data.schema import NON_CLASS_LABELS
+from fusion_ser.schema import NON_CLASS_LABELS
 from fusion_ser.errors import FusionSerError
 from fusion_ser.rundir import RunInfo
 

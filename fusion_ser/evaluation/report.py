@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from fusion_ser.data.schema import CORPUS_COLUMN, has_attributes, has_classes
+from fusion_ser.schema import CORPUS_COLUMN, has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
 from fusion_ser.evaluation import plots
 from fusion_ser.evaluation.metrics import attribute_arrays, compute_metrics, headline_keys

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fusion_ser.errors import FusionSerError
-from fusion_ser.data.schema import has_attributes, has_classes
+from fusion_ser.schema import has_attributes, has_classes
 from fusion_ser.evaluation.metrics import (attribute_arrays, categorical_arrays, headline_keys, multitask_score,
                                            scored_classes, scoring_policy)
 from fusion_ser.rundir import RunInfo

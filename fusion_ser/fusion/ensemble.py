@@ -16,7 +16,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from fusion_ser.data.schema import has_attributes, has_classes
+from fusion_ser.schema import has_attributes, has_classes
 from fusion_ser.fusion.combiners import Combiner, MajorityVote, MeanProbs, MLPCombiner, WeightedAttributes
 from fusion_ser.fusion.members import FusionError, open_members
 from fusion_ser.fusion.runs import CombinedRun, Fitter, build_combined_run

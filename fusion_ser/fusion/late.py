@@ -16,7 +16,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from fusion_ser.data.schema import has_attributes, has_classes
+from fusion_ser.schema import has_attributes, has_classes
 from fusion_ser.evaluation.metrics import ccc
 from fusion_ser.fusion.combiners import (
     LOG_EPS,

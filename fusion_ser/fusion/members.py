@@ -15,7 +15,7 @@ from typing import Optional, Union
 import numpy as np
 import pandas as pd
 
-from fusion_ser.data.schema import has_attributes, has_classes
+from fusion_ser.schema import has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
 from fusion_ser.rundir import RunDir, RunDirError, RunInfo, attr_pred_columns, prob_columns, read_run_config
 

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 from torch import nn
 
 from fusion_ser.config import Config, ConfigError
-from fusion_ser.data.schema import has_classes
+from fusion_ser.schema import has_classes
 from fusion_ser.encoders.base import Encoder
 from fusion_ser.models.attention import AttentionFusionModel
 from fusion_ser.models.losses import WEIGHTED_LOSSES, class_weights

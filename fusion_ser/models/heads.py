@@ -11,7 +11,7 @@ from torch import nn
 
 from fusion_ser.config import Config
 from fusion_ser.data.dataset import AUXILIARY_KEY
-from fusion_ser.data.schema import has_classes
+from fusion_ser.schema import has_classes
 from fusion_ser.models.output import MIX_KEY
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusion_ser.config import Config
-from fusion_ser.data.schema import has_attributes, has_classes
+from fusion_ser.schema import has_attributes, has_classes
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from fusion_ser.config import Config
 from fusion_ser.data.dataset import EmotionDataset, collate
 from fusion_ser.data.sampler import BucketBatchSampler
-from fusion_ser.data.schema import CORPUS_COLUMN
+from fusion_ser.schema import CORPUS_COLUMN
 from fusion_ser.device import to_device
 from fusion_ser.models.domain import MIN_DOMAIN_CLIPS, DomainStandardizer
 

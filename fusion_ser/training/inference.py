@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from fusion_ser.config import Config
 from fusion_ser.data.audio import AudioError, waveform
 from fusion_ser.data.context import with_context
-from fusion_ser.data.schema import has_attributes, has_classes
+from fusion_ser.schema import has_attributes, has_classes
 from fusion_ser.data.dataset import CachedInput, EmotionDataset, collate, screen_audio
 from fusion_ser.data.sampler import BucketBatchSampler
 from fusion_ser.device import autocast, resolve_device, resolve_precision, to_device

@@ -27,7 +27,7 @@ from fusion_ser.data.feature_cache import FeatureCache
 from fusion_ser.data.frame_store import FrameMemory, PooledStore, memory_budget
 from fusion_ser.data.folds import FoldError
 from fusion_ser.data.manifest import read_manifest
-from fusion_ser.data.schema import has_attributes
+from fusion_ser.schema import has_attributes
 from fusion_ser.data.sources import (COMBINED_MANIFEST, combine_manifests, corpus_name, sources_changes,
                                      sources_provenance, write_combined)
 from fusion_ser.data.selection import (NOT_ENCODED, UNREADABLE_AUDIO, RunData, auxiliary_classes, load_run_data,

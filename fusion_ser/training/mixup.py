@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fusion_ser.config import Config, ConfigError
-from fusion_ser.data.schema import has_attributes, has_classes
+from fusion_ser.schema import has_attributes, has_classes
 from fusion_ser.models.output import MIX_KEY, mix_rows
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from fusion_ser.config import Config
 from fusion_ser.data.dataset import CachedInput
 from fusion_ser.data.sampler import BucketBatchSampler
-from fusion_ser.data.schema import SAMPLE_RATE, has_classes
+from fusion_ser.schema import SAMPLE_RATE, has_classes
 from fusion_ser.data.selection import RunData
 from fusion_ser.device import resolve_device, resolve_precision
 from fusion_ser.errors import FusionSerError

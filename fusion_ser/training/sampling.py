@@ -27,7 +27,7 @@ from torch import nn
 
 from fusion_ser.config import Config
 from fusion_ser.data.sampler import BucketBatchSampler
-from fusion_ser.data.schema import CORPUS_COLUMN, has_classes
+from fusion_ser.schema import CORPUS_COLUMN, has_classes
 from fusion_ser.models.losses import class_weights
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.transcribe.base import (WINDOW_SECONDS, Transcriber, TranscribeError, check_audio_array,
                                         normalize_text, optional, pick_device)
 from fusion_ser.packaged import packaged_model_path

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.transcribe.base import (Transcriber, TranscribeError, check_audio_array, normalize_text,
                                         optional, pick_device, windows)
 

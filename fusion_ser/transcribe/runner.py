@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import pandas as pd
 
 from fusion_ser.data.audio import AudioError, load_audio
-from fusion_ser.data.schema import SAMPLE_RATE
+from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.training import distributed as D
 from fusion_ser.transcribe.base import Transcriber
 from fusion_ser.transcribe.cache import TranscriptCache

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from fusion_ser.data.manifest import normalize_manifest
-from fusion_ser.data.schema import REQUIRED_COLUMNS
+from fusion_ser.schema import REQUIRED_COLUMNS
 from fusion_ser.errors import FusionSerError
 
 

@@ -14,10 +14,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from fusion_ser.data.schema import ATTRIBUTES
+from fusion_ser.schema import ATTRIBUTES
 from fusion_ser.data.corpora.common import CorpusError, gender_name, make_frame
 from fusion_ser.data.manifest import ManifestError
-from fusion_ser.data.schema import REQUIRED_COLUMNS, SPLITS
+from fusion_ser.schema import REQUIRED_COLUMNS, SPLITS
 
 log = logging.getLogger(__name__)
 

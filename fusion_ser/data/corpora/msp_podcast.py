@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fusion_ser.data.annotations import format_votes
-from fusion_ser.data.schema import ANNOTATIONS_COLUMN, CATEGORICAL_LABELS
+from fusion_ser.schema import ANNOTATIONS_COLUMN, CATEGORICAL_LABELS
 from fusion_ser.data.corpora.common import CorpusError, gender_name, make_frame, require_dir
 
 log = logging.getLogger(__name__)
