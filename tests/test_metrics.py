@@ -61,6 +61,27 @@ def test_categorical_metrics_equal_sklearn(seed):
     assert m["labels"] == LABELS
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_numpy_class_metrics_equal_sklearn_with_absent_classes_and_an_averaged_subset(seed):
+    from fusion_ser.evaluation.metrics import categorical_metrics
+
+    rng = np.random.default_rng(seed)
+    k = 6
+    y = rng.choice([0, 1, 2, 4], 80)  # classes 3 and 5 never true; 5 sometimes predicted
+    p = np.where(rng.random(80) < 0.5, y, rng.choice([0, 1, 2, 5], 80))
+    labels = [f"c{i}" for i in range(k)]
+    m = categorical_metrics(y, p, labels)
+    assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
+    assert m["weighted_f1"] == pytest.approx(f1_score(y, p, labels=range(k), average="weighted", zero_division=0))
+    assert m["uar"] == pytest.approx(recall_score(y, p, labels=np.unique(y), average="macro", zero_division=0))
+    assert m["micro_f1"] == pytest.approx(f1_score(y, p, labels=range(k), average="micro", zero_division=0))
+    subset = ["c0", "c2", "c3"]
+    ms = categorical_metrics(y, p, labels, subset)
+    assert ms["macro_f1"] == pytest.approx(f1_score(y, p, labels=[0, 2, 3], average="macro", zero_division=0))
+    assert ms["uar"] == pytest.approx(recall_score(y, p, labels=[0, 2], average="macro", zero_division=0))
+    assert ms["averaged_classes"] == subset
+
+
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_classes_absent_from_a_split_are_scored_like_the_challenge_scorer():
     """Macro-F1 averages classes seen in truth or predictions (sklearn's default), UAR classes seen in the truth."""

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, recall_score
+from sklearn.metrics import f1_score
 
 from fusion_ser.schema import NON_CLASS_LABELS
 from fusion_ser.errors import FusionSerError
@@ -148,26 +148,39 @@ def categorical_metrics(y: np.ndarray, p: np.ndarray, labels: list[str], average
 
     As the challenge scorer (sklearn's default), macro-F1 averages the classes that occur in the truth or the
     predictions, and UAR the classes that occur in the truth; with `average` (class names, e.g. the classes a run
-    shares with another corpus) both average over those classes only. Per-class figures cover every class."""
-    idx = list(range(len(labels)))
-    prec, rec, f1, support = precision_recall_fscore_support(y, p, labels=idx, zero_division=0)
-    over = None if average is None else [labels.index(c) for c in average if c in labels]
-    in_truth = np.unique(y) if over is None else [i for i in over if i in set(y.tolist())]
+    shares with another corpus) both average over those classes only. Per-class figures cover every class.
+    Computed from one confusion matrix with numpy (sklearn's definitions with zero_division=0; tests compare), so
+    the per-epoch dev evaluation costs little."""
+    k = len(labels)
+    y, p = np.asarray(y, dtype=np.int64), np.asarray(p, dtype=np.int64)
+    conf = np.bincount(y * k + p, minlength=k * k).reshape(k, k) if k else np.zeros((0, 0), dtype=np.int64)
+    tp = np.diagonal(conf).astype(np.float64)
+    support, predicted = conf.sum(axis=1).astype(np.float64), conf.sum(axis=0).astype(np.float64)
+    prec = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    rec = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * tp, support + predicted, out=np.zeros(k), where=(support + predicted) > 0)
+    if average is None:
+        over = np.flatnonzero((support + predicted) > 0)
+        in_truth = np.flatnonzero(support > 0)
+    else:
+        over = np.asarray([labels.index(c) for c in average if c in labels], dtype=np.int64)
+        in_truth = over[support[over] > 0]
     extra = {} if average is None else {"averaged_classes": [c for c in average if c in labels]}
+    n = int(len(y))
     return {
-        "n": int(len(y)),
-        "macro_f1": float(f1_score(y, p, labels=over, average="macro", zero_division=0)),
-        "micro_f1": float(f1_score(y, p, labels=idx, average="micro", zero_division=0)),
-        "weighted_f1": float(f1_score(y, p, labels=idx, average="weighted", zero_division=0)),
-        "uar": float(recall_score(y, p, labels=in_truth, average="macro", zero_division=0)) if len(in_truth) else 0.0,
+        "n": n,
+        "macro_f1": float(f1[over].mean()) if len(over) else 0.0,
+        "micro_f1": float(tp.sum() / n) if n else 0.0,
+        "weighted_f1": float((f1 * support).sum() / support.sum()) if support.sum() > 0 else 0.0,
+        "uar": float(rec[in_truth].mean()) if len(in_truth) else 0.0,
         **extra,
-        "accuracy": float((y == p).mean()) if len(y) else 0.0,
+        "accuracy": float(tp.sum() / n) if n else 0.0,
         "labels": list(labels),
         "per_class_precision": {c: float(v) for c, v in zip(labels, prec)},
         "per_class_recall": {c: float(v) for c, v in zip(labels, rec)},
         "per_class_f1": {c: float(v) for c, v in zip(labels, f1)},
         "support": {c: int(v) for c, v in zip(labels, support)},
-        "confusion_matrix": confusion_matrix(y, p, labels=idx).tolist(),
+        "confusion_matrix": conf.tolist(),
     }
 
 
