@@ -283,7 +283,8 @@ def test_text_configs_load_and_the_offline_one_builds(name):
     if name == "minilm":
         assert cfg.text_encoder.name_or_path is None
         enc = build_text_encoder(cfg.text_encoder)
-        assert enc.pooling_mode == "mean" and set(enc.backbone.peft_config["default"].target_modules) == {"query", "value"}
+        targets = set(enc.backbone.peft_config["default"].target_modules)
+        assert enc.pooling_mode == "mean" and targets == {"query", "key", "value", "dense"}
     if name == "llama":
         assert cfg.text_encoder.pooling == "last" and cfg.text_encoder.gradient_checkpointing
 
