@@ -169,6 +169,8 @@ class MultitaskConfig:
 class LossConfig:
     # soft_ce / kl: against soft targets (p_<label> columns, or data.soft_labels annotators); attributes: 1-CCC
     type: Literal["ce", "weighted_ce", "focal", "soft_ce", "kl"] = "weighted_ce"
+    # class weights of the weighted losses: (N / (K n_c)) ** power; 1 the Odyssey baseline's, 0.5 MEDUSA's square root
+    class_weight_power: float = ranged(1.0, "[0, 2]")
     focal_gamma: float = ranged(2.0, "[0, inf)")
     label_smoothing: float = ranged(0.0, "[0, 1)")
 

@@ -151,3 +151,23 @@ def test_a_staged_run_with_mixup_resumes_exactly(tmp_path):
     pd.testing.assert_frame_equal(log_full.drop(columns=timing), log_resumed.drop(columns=timing))
     pd.testing.assert_frame_equal(full.read_predictions("test"), resumed.read_predictions("test"))
     assert RunDir(tmp_path / "resumed").is_complete()
+
+
+def test_class_weight_power_is_numpy_and_equals_a_staged_run_that_never_balances(tmp_path):
+    from fusion_ser.models.losses import class_weights
+    from fusion_ser.training.job import train_run
+
+    labels = ["a"] * 6 + ["b"] * 3 + ["c"]
+    counts = np.array([6, 3, 1])
+    np.testing.assert_allclose(class_weights(labels, ["a", "b", "c"], power=0.5).numpy(),
+                               np.sqrt(10 / (3 * counts)), rtol=1e-6)
+    corpus = make_corpus(tmp_path / "c", n_speakers=4, per_class=3)
+    base = ["audio_encoder.type=fbank", "audio_encoder.finetune=full", "audio_encoder.hidden_dim=16",
+            "audio_encoder.n_mels=20", "pooling.type=mean", "head.hidden_dim=16", "train.epochs=2",
+            "train.batch_size=4", "train.cache_features=false", "train.report=false"]
+    power = train_run(load_config(None, base + ["loss.class_weight_power=0.5"]), corpus, tmp_path / "power")
+    staged = train_run(load_config(None, base + ["data.sampler=staged", "data.staged_epochs=5"]), corpus,
+                       tmp_path / "staged")
+    a, b = power.read_predictions("test"), staged.read_predictions("test")
+    cols = [c for c in a.columns if c.startswith("prob_")]
+    np.testing.assert_array_equal(a[cols].to_numpy(), b[cols].to_numpy())

@@ -19,7 +19,7 @@ def build_model(cfg: Config, labels: list[str], train_labels: Optional[Sequence[
     """The model of cfg.modality (UnimodalModel for audio/text, AttentionFusionModel for both).
 
     With `train_labels` (the label of every training row), a categorical model whose loss is class-weighted gets
-    the weights N / (K * n_c) of those rows; with `auxiliary_classes`, the training-only head of
+    the weights (N / (K * n_c)) ** loss.class_weight_power of those rows; with `auxiliary_classes`, the training-only head of
     multitask.auxiliary.
     """
     if cfg.head.standardize != "none" and cfg.modality != "audio":
@@ -29,7 +29,8 @@ def build_model(cfg: Config, labels: list[str], train_labels: Optional[Sequence[
     cls = AttentionFusionModel if cfg.modality == "both" else UnimodalModel
     model = cls(cfg, labels, auxiliary_classes=auxiliary_classes)
     if train_labels is not None and has_classes(cfg.task) and cfg.loss.type in WEIGHTED_LOSSES:
-        model.criterion.set_class_weights(class_weights([str(x) for x in train_labels], labels))
+        model.criterion.set_class_weights(class_weights([str(x) for x in train_labels], labels,
+                                                        cfg.loss.class_weight_power))
     return model
 
 

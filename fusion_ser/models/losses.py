@@ -24,15 +24,16 @@ SOFT_LOSSES = ("soft_ce", "kl")  # losses against soft targets (batch "soft_labe
 WEIGHTED_LOSSES = ("weighted_ce", "focal", "soft_ce", "kl")  # losses that read the train split's class weights
 
 
-def class_weights(labels: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
-    """w_c = N / (K * n_c) over the train labels (the Odyssey baseline's balancing); 0 for a class never seen."""
+def class_weights(labels: Sequence[str], classes: Sequence[str], power: float = 1.0) -> torch.Tensor:
+    """w_c = (N / (K * n_c)) ** power over the train labels (power 1: the Odyssey baseline's balancing, 0.5: MEDUSA's
+    square root); 0 for a class never seen."""
     values = [str(x) for x in labels if str(x) in set(classes)]
     n = len(values)
     k = len(classes)
     counts = np.array([sum(1 for v in values if v == c) for c in classes], dtype=np.float64)
     weights = np.zeros(k, dtype=np.float64)
     seen = counts > 0
-    weights[seen] = n / (k * counts[seen])
+    weights[seen] = (n / (k * counts[seen])) ** float(power)
     missing = [c for c, s in zip(classes, seen) if not s]
     if missing:
         logger.warning("classes with no training example get weight 0: %s", ", ".join(missing))

@@ -37,7 +37,7 @@ NO_AGREEMENT = "no_agreement"
 
 def staged_weights(train_labels: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
     """MEDUSA's first-stage class weights (N / (K n_c))^0.5 over the train rows labelled with a class."""
-    return class_weights(train_labels, classes).sqrt()
+    return class_weights(train_labels, classes, power=0.5)
 
 
 def class_shares(row_labels: Sequence[str], classes: Sequence[str], quota: Optional[float]) -> dict[str, float]:
