@@ -4,7 +4,8 @@
 
 An audio run's graph takes `wav` (B, S) float32 at 16 kHz, zero-padded, and `wav_lengths` (B,) int64; a text run's
 takes `input_ids` and `attention_mask` (B, T) int64 from the run's tokenizer, which stays outside the graph and is
-saved beside it. Outputs: `probabilities` (B, K) in the run's class order, or `attributes` (B, A) on the manifest
+saved beside it; a run that reads conversation context (text_encoder.context_turns) takes (context, text) pairs,
+with `token_type_ids` where the tokenizer makes them, and the JSON says how the pair is built. Outputs: `probabilities` (B, K) in the run's class order, or `attributes` (B, A) on the manifest
 scale, and `pooled_embedding` (B, D). Batch and length axes are dynamic; padding does not change a clip's outputs.
 
 Audio encoders: fbank and Hugging Face SSL models run their own forward in the graph; the CTranslate2 Whisper encoder
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from fusion_ser.config import Config
+from fusion_ser.data.context import SEPARATOR
 from fusion_ser.schema import SAMPLE_RATE, has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
 from fusion_ser.models.output import readout
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 OPSET = 18
 AUDIO_INPUTS = ("wav", "wav_lengths")
 TEXT_INPUTS = ("input_ids", "attention_mask")
+SEGMENT_INPUT = "token_type_ids"  # context runs on tokenizers with segment ids: 0 context, 1 text
 EMBEDDING_OUTPUT = "pooled_embedding"
 OUTPUT_NAMES = {"categorical": "probabilities", "attributes": "attributes", "multitask": "probabilities_attributes"}
 TOLERANCE = 1e-3  # largest difference to the run's own model accepted at export (tests check 1e-4)
@@ -145,8 +148,10 @@ class TextGraph(nn.Module):
         self.model = model
         self.backbone = model.encoder.backbone
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state.float()
         return _readout(self.model({"cached_text": hidden, "cached_text_mask": attention_mask.bool()}), self.model.task)
 
 
@@ -201,12 +206,14 @@ def _build_text_graph(model: nn.Module) -> TextGraph:
     return TextGraph(model).eval()
 
 
-def _text_inputs(encoder: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    enc = encoder.tokenize(texts)
-    return enc["input_ids"].numpy().astype(np.int64), enc["attention_mask"].numpy().astype(np.int64)
+def _text_inputs(encoder: Any, texts: list[str], contexts: Optional[list[str]]) -> dict[str, np.ndarray]:
+    """The graph's feeds for `texts` (and their contexts), as the run's encoder tokenizes them."""
+    enc = encoder.tokenize(texts, contexts)
+    return {n: enc[n].numpy().astype(np.int64) for n in (*TEXT_INPUTS, SEGMENT_INPUT) if n in enc}
 
 
 PROBE_TEXTS = ["i am so happy to see you again today", "leave me alone", ""]
+PROBE_CONTEXTS = ["Monica: what happened | Ross: we were on a break", "", "Joey: how you doin"]  # context runs
 
 
 def _reference(model: nn.Module, cfg: Config, probe: list) -> np.ndarray:
@@ -214,8 +221,10 @@ def _reference(model: nn.Module, cfg: Config, probe: list) -> np.ndarray:
     rows = []
     with torch.no_grad():
         for x in probe:
-            batch = ({"text": [x]} if cfg.modality == "text"
-                     else {"wav": torch.from_numpy(x)[None], "wav_lengths": torch.tensor([len(x)])})
+            if cfg.modality == "text":
+                batch = {"text": [x[0]], **({"context": [x[1]]} if x[1] is not None else {})}
+            else:
+                batch = {"wav": torch.from_numpy(x)[None], "wav_lengths": torch.tensor([len(x)])}
             rows.append(_readout(model(batch), cfg.task)[0][0].numpy())
     return np.stack(rows)
 
@@ -262,7 +271,14 @@ def _run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> Optional[list[np.ndar
 
 def _usage(meta: dict) -> str:
     onnx_name = meta["onnx"]
-    if meta["modality"] == "text":
+    if meta["modality"] == "text" and "context" in meta["tokenizer"]:
+        feed = ("tok = AutoTokenizer.from_pretrained(meta['tokenizer']['path'])\n"
+                "tok.truncation_side = 'left'  # the oldest context is cut first: meta['tokenizer']['context']\n"
+                "enc = tok([context], [text], truncation='only_first', max_length=meta['tokenizer']['max_length'], "
+                "return_tensors='np')\n"
+                "feeds = {i['name']: enc[i['name']].astype('int64') for i in meta['inputs']}\n")
+        head = "from transformers import AutoTokenizer\n"
+    elif meta["modality"] == "text":
         feed = ("tok = AutoTokenizer.from_pretrained(meta['tokenizer']['path'])\n"
                 "enc = tok(texts, padding=True, truncation=True, max_length=meta['tokenizer']['max_length'], "
                 "return_tensors='np')\n"
@@ -280,7 +296,8 @@ def _usage(meta: dict) -> str:
 
 
 def _metadata(run: RunDir, info: RunInfo, cfg: Config, onnx_path: Path, labels: list[str], width: int,
-              dim: int, min_samples: int, tokenizer_dir: Optional[Path], pooling: str) -> dict:
+              dim: int, min_samples: int, tokenizer_dir: Optional[Path], pooling: str,
+              inputs: tuple[str, ...] = TEXT_INPUTS) -> dict:
     out_name = OUTPUT_NAMES[info.task]
     provenance = run.provenance()
     meta: dict[str, Any] = {
@@ -310,8 +327,19 @@ def _metadata(run: RunDir, info: RunInfo, cfg: Config, onnx_path: Path, labels: 
                              "max_length": cfg.text_encoder.max_length, "padding": "longest", "truncation": True,
                              "empty_text": "give an empty text one position: attention_mask 1 at the first token, 0 "
                                            "elsewhere"}
+        if cfg.text_encoder.context_turns > 0:
+            meta["tokenizer"]["context"] = {
+                "turns": cfg.text_encoder.context_turns, "turn": "'<speaker>: <text>' where the speaker is known",
+                "separator": SEPARATOR,
+                "context": "the last `turns` non-empty turns said before the text in its conversation, oldest first, "
+                           "joined by `separator` (fusion_ser.data.context.context_text)",
+                "pair": "tokenizer(context, text, truncation='only_first') with truncation_side 'left': context first, "
+                        "its oldest tokens cut; a text without context, or too long to leave a context any room, is "
+                        "tokenized alone (the first segment then is the text)"}
         meta["inputs"] = [{"name": n, "dtype": "int64", "shape": ["batch", "tokens"],
-                           "about": "from the tokenizer saved beside the graph"} for n in TEXT_INPUTS]
+                           "about": "from the tokenizer saved beside the graph"
+                                    + (": 0 on the context, 1 on the text" if n == SEGMENT_INPUT else "")}
+                          for n in inputs]
     meta["pooling"] = pooling
     meta["outputs"] = [
         {"name": out_name, "dtype": "float32", "shape": ["batch", width],
@@ -339,10 +367,6 @@ def export_onnx(run_dir: str | Path, out: str | Path, *, force: bool = False, ch
         raise ExportError(f"'{onnx_path}' exists; choose another output path or allow overwriting",
                           options=("force",))
     model, cfg, labels = load_model(run.model_dir)
-    if cfg.modality == "text" and cfg.text_encoder.context_turns > 0:
-        raise ExportError(f"run '{run.path}' reads {cfg.text_encoder.context_turns} earlier conversation turns as a "
-                          "first segment (text_encoder.context_turns), which the graph's inputs (input_ids, "
-                          "attention_mask) do not carry; export a run trained with context_turns=0")
     model = model.float().eval()  # the graph is float32 (ONNX Runtime on CPU has no bfloat16 kernels)
     batch = torch.export.Dim("batch")
     if cfg.modality == "audio":
@@ -353,14 +377,15 @@ def export_onnx(run_dir: str | Path, out: str | Path, *, force: bool = False, ch
         min_samples = max(int(cfg.data.min_seconds * SAMPLE_RATE), 400)
         dynamic = {"wav": {0: batch, 1: torch.export.Dim("samples", min=min_samples)}, "wav_lengths": {0: batch}}
     else:
-        probe = PROBE_TEXTS
+        contexts = PROBE_CONTEXTS if cfg.text_encoder.context_turns > 0 else None
+        probe = list(zip(PROBE_TEXTS, contexts or [None] * len(PROBE_TEXTS)))
         reference = _reference(model, cfg, probe)
-        feeds = dict(zip(TEXT_INPUTS, _text_inputs(model.encoder, probe)))
+        feeds = _text_inputs(model.encoder, PROBE_TEXTS, contexts)
         graph = _build_text_graph(model)
         min_samples = 0
         tokens = torch.export.Dim("tokens", max=max(cfg.text_encoder.max_length, feeds["input_ids"].shape[1]))
-        dynamic = {n: {0: batch, 1: tokens} for n in TEXT_INPUTS}
-    tensors = tuple(torch.from_numpy(feeds[n]) for n in (AUDIO_INPUTS if cfg.modality == "audio" else TEXT_INPUTS))
+        dynamic = {n: {0: batch, 1: tokens} for n in feeds}
+    tensors = tuple(torch.from_numpy(v) for v in feeds.values())
     with torch.no_grad():
         traced = graph(*tensors)
     width, dim = int(traced[0].shape[1]), int(traced[1].shape[1])
@@ -388,7 +413,8 @@ def export_onnx(run_dir: str | Path, out: str | Path, *, force: bool = False, ch
         model.encoder.tokenizer.save_pretrained(str(tokenizer_dir))
         files.append(tokenizer_dir)
     pooling = getattr(model.encoder, "pooling_mode", None) if cfg.modality == "text" else cfg.pooling.type
-    meta = _metadata(run, info, cfg, onnx_path, labels, width, dim, min_samples, tokenizer_dir, pooling or "mean")
+    meta = _metadata(run, info, cfg, onnx_path, labels, width, dim, min_samples, tokenizer_dir, pooling or "mean",
+                     tuple(feeds))
     if external:
         meta["external_data"] = onnx_path.name + ".data"
     meta["check"] = {"max_abs_diff": diff, "against": "the run's own model on each probe input alone",

@@ -216,10 +216,11 @@ def test_text_train_and_predict_with_two_turns_of_context(tiny_bert, tmp_path):
 
     torch.set_num_threads(1)
     df = _dialogue_manifest(tmp_path / "talk.csv")
-    cfg = load_config(None, ["modality=text", f"text_encoder.name_or_path={tiny_bert}", "text_encoder.context_turns=2",
+    cfg = load_config(None, ["modality=text", f"text_encoder.name_or_path={tiny_bert}",  # context_turns: default 2
                              "text_encoder.max_length=24", "text_encoder.lora.r=4", "train.epochs=1",
                              "train.batch_size=8", "train.cache_features=false", "head.hidden_dim=16"])
     run = train_run(cfg, tmp_path / "talk.csv", tmp_path / "run")
+    assert load_model(RunDir(run.path).model_dir)[1].text_encoder.context_turns == 2  # a corpus with conversations
     saved = RunDir(run.path).read_predictions("test")
     test = df[df["split"] == "test"].reset_index(drop=True)
     # the test's own context: earlier turns of the same conversation, "Speaker: text", at most two

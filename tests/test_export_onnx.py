@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from fusion_ser.cli.main import main
@@ -176,19 +177,45 @@ def test_text_run_exports_with_the_tokenizer_outside_the_graph(corpus, tiny_bert
     values, _ = session.run(None, {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()})
     np.testing.assert_allclose(values, model_outputs(run, texts), atol=TOL, rtol=0)
 
+    saved = yaml.safe_load(RunDir(run).config_path.read_text())
+    assert saved["text_encoder"]["context_turns"] == 0  # the default 2, on a corpus without conversations
+
+
+def test_context_run_exports_pairs_with_segment_ids(corpus, tiny_bert, tmp_path):
+    """A model that reads conversation context: the graph takes (context, text) pairs built as the JSON says."""
     import shutil
 
-    import yaml
+    from transformers import AutoTokenizer
 
-    ctx = tmp_path / "text_context"  # the same model as one that reads conversation context: no graph input for it
+    run = train(corpus, tmp_path / "text", ["modality=text", f"text_encoder.name_or_path={tiny_bert}",
+                                            "text_encoder.lora.r=4", "text_encoder.max_length=24"])
+    ctx = tmp_path / "text_context"  # the same weights, read as a model with two turns of context
     shutil.copytree(run, ctx)
     cfg_path = ctx / "model" / "config.yaml"
     values = yaml.safe_load(cfg_path.read_text())
     values["text_encoder"]["context_turns"] = 2
     cfg_path.write_text(yaml.safe_dump(values))
-    with pytest.raises(ExportError, match="context_turns.*export a run trained with context_turns=0"):
-        export_onnx(ctx, tmp_path / "ctx.onnx")
-    assert not (tmp_path / "ctx.onnx").exists()
+    meta = export_onnx(ctx, tmp_path / "ctx.onnx").meta
+    assert [i["name"] for i in meta["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    spec = meta["tokenizer"]["context"]
+    assert spec["turns"] == 2 and spec["separator"] == " | "
+    texts = ["what a lovely surprise this is", "fine", "no"]
+    contexts = ["Ann: you are late | Bob: the train " + "was very very late again " * 4, "Ann: hello", ""]
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / meta["tokenizer"]["path"]))
+    tok.truncation_side = "left"
+    rows = [dict(tok(c, t, truncation="only_first", max_length=meta["tokenizer"]["max_length"])) if c
+            else dict(tok(t, truncation=True, max_length=meta["tokenizer"]["max_length"])) for t, c in zip(texts, contexts)]
+    assert len(rows[0]["input_ids"]) == 24 and tok.decode(rows[0]["input_ids"]).endswith("what a lovely surprise this is [SEP]")
+    enc = tok.pad(rows, padding=True, return_tensors="np")
+    session = ort.InferenceSession(str(tmp_path / "ctx.onnx"), providers=["CPUExecutionProvider"])
+    values, _ = session.run(None, {i["name"]: enc[i["name"]].astype(np.int64) for i in meta["inputs"]})
+    model, _, _ = load_model(RunDir(ctx).model_dir)
+    with torch.no_grad():
+        expected = np.stack([torch.softmax(model({"text": [t], "context": [c]}).logits, -1)[0].numpy()
+                             for t, c in zip(texts, contexts)])
+        plain = np.stack([torch.softmax(model({"text": [t]}).logits, -1)[0].numpy() for t in texts])
+    np.testing.assert_allclose(values, expected, atol=TOL, rtol=0)
+    assert np.abs(expected[:2] - plain[:2]).max() > 1e-4  # the context reaches the model
 
 
 def test_fused_runs_are_refused_with_what_to_do(runs, tmp_path):

@@ -8,17 +8,23 @@ counts, labelled or not, including rows the run leaves out of training (no label
 what was said before. Rows of another split never do, even under the same conversation id, and a row without a
 conversation or turn has no context. Predictions on in-memory inputs take the previous turns as a list
 (`context_text`). The text encoder puts context and target in separate segments and cuts the context from its
-start when both exceed max_length, so the target stays whole (`encoders/text.py`).
+start when both exceed max_length, so the target stays whole (`encoders/text.py`). A run whose manifest has no
+conversations records context_turns 0 (`effective_context`): it trains, exports and predicts as a context-free model.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from fusion_ser.config import Config
 from fusion_ser.errors import FusionSerError
+
+logger = logging.getLogger(__name__)
 
 CONTEXT_COLUMN = "_context"  # the assembled context of a row, added to the frames of a run (never written out)
 CONVERSATION = "conversation"
@@ -49,6 +55,17 @@ def has_conversations(df: pd.DataFrame) -> bool:
         return False
     conv = df[CONVERSATION].fillna("").astype(str).str.strip()
     return bool(((conv != "") & pd.to_numeric(df[TURN], errors="coerce").notna()).any())
+
+
+def effective_context(cfg: Config, df: pd.DataFrame, source: str) -> Config:
+    """`cfg` with text_encoder.context_turns 0 when the model reads text but `df` has no conversations: the default
+    (2 turns) is meant for corpora with conversations, and a run without any should say it used none."""
+    n = cfg.text_encoder.context_turns
+    if n <= 0 or cfg.modality not in ("text", "both") or has_conversations(df):
+        return cfg
+    logger.info("%s: no conversation and turn columns, so text_encoder.context_turns=%d has no earlier turns to read; "
+                "the run records context_turns=0", source, n)
+    return dataclasses.replace(cfg, text_encoder=dataclasses.replace(cfg.text_encoder, context_turns=0))
 
 
 def conversation_context(df: pd.DataFrame, n_turns: int) -> pd.Series:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fusion_ser.config import Config, upgrade_legacy_keys
-from fusion_ser.data.context import CONTEXT_COLUMN
+from fusion_ser.data.context import CONTEXT_COLUMN, effective_context
 from fusion_ser.data.dataset import CachedInput, EmotionDataset
 from fusion_ser.data.feature_cache import FeatureCache
 from fusion_ser.data.frame_store import FrameMemory, PooledStore, memory_budget
@@ -213,10 +213,12 @@ def train_run(cfg: Config, manifest_path: Optional[str | Path], out_dir: str | P
         manifest_path = run.path.resolve() / COMBINED_MANIFEST
     manifest_path = _manifest_or_error(cfg, manifest_path)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, manifest=str(Path(manifest_path).resolve())))
+    frame = combined if combined is not None else read_manifest(manifest_path)
+    cfg = effective_context(cfg, frame, str(manifest_path))  # before the resume check: the saved config has it
     dist = D.init_distributed()
     resume = D.broadcast_object(_resumable(run, cfg) if dist.is_main else False, dist)
     seed_everything(cfg.seed)
-    data = load_run_data(cfg, manifest_path, frame=combined)
+    data = load_run_data(cfg, manifest_path, frame=frame)
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, data.labels, train_labels=data.train["label"].tolist(),
                         auxiliary_classes=auxiliary_classes(cfg, data.train))
@@ -262,7 +264,9 @@ def dry_run(cfg: Config, manifest_path: Optional[str | Path]) -> Plan:
     """The plan of `train_run(cfg, manifest)` without training or writing anything (see training/plan.py)."""
     cfg, combined = _sources(cfg, manifest_path)
     manifest_path = "data.manifests" if combined is not None else _manifest_or_error(cfg, manifest_path)
-    data = load_run_data(cfg, manifest_path, frame=combined)
+    frame = combined if combined is not None else read_manifest(manifest_path)
+    cfg = effective_context(cfg, frame, str(manifest_path))
+    data = load_run_data(cfg, manifest_path, frame=frame)
     model = build_model(cfg, data.labels, train_labels=data.train["label"].tolist(),
                         auxiliary_classes=auxiliary_classes(cfg, data.train))
     return make_plan(cfg, data, model, feature_caches(model, cfg), D.init_distributed().world_size)
