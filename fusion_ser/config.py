@@ -125,9 +125,9 @@ class TextEncoderConfig:
     pooling: Literal["auto", "cls", "mean", "last"] = "auto"  # auto: mean for encoders, last for decoders
     max_length: int = ranged(128, "[1, inf)")
     # previous turns of the same conversation read before each text (manifest columns conversation, turn; rows
-    # without them get none); the target is kept whole, the oldest context is cut first (data/context.py). 2: the
-    # best of 0/1/2/4 on MELD dev (bench/meld_text.py); a manifest without conversations records 0 in its run
-    context_turns: int = ranged(2, "[0, inf)")
+    # without them get none); the target is kept whole, the oldest context is cut first (data/context.py). A
+    # manifest without conversations records 0 in its run. 0: on MELD dev two turns tie with none over two seeds
+    context_turns: int = ranged(0, "[0, inf)")
     gradient_checkpointing: bool = False
     # the dtype the base weights load in (bf16 halves a 7B LLM; LoRA stays fp32)
     base_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"

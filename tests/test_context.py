@@ -216,7 +216,7 @@ def test_text_train_and_predict_with_two_turns_of_context(tiny_bert, tmp_path):
 
     torch.set_num_threads(1)
     df = _dialogue_manifest(tmp_path / "talk.csv")
-    cfg = load_config(None, ["modality=text", f"text_encoder.name_or_path={tiny_bert}",  # context_turns: default 2
+    cfg = load_config(None, ["modality=text", f"text_encoder.name_or_path={tiny_bert}", "text_encoder.context_turns=2",
                              "text_encoder.max_length=24", "text_encoder.lora.r=4", "train.epochs=1",
                              "train.batch_size=8", "train.cache_features=false", "head.hidden_dim=16"])
     run = train_run(cfg, tmp_path / "talk.csv", tmp_path / "run")

@@ -164,7 +164,8 @@ def test_text_run_exports_with_the_tokenizer_outside_the_graph(corpus, tiny_bert
     from transformers import AutoTokenizer
 
     run = train(corpus, tmp_path / "text", ["modality=text", f"text_encoder.name_or_path={tiny_bert}",
-                                            "text_encoder.lora.r=4", "text_encoder.max_length=32"])
+                                            "text_encoder.lora.r=4", "text_encoder.max_length=32",
+                                            "text_encoder.context_turns=2"])  # no conversations here: recorded as 0
     result = export_onnx(run, tmp_path / "text.onnx")
     meta = result.meta
     assert [i["name"] for i in meta["inputs"]] == ["input_ids", "attention_mask"]
@@ -178,7 +179,7 @@ def test_text_run_exports_with_the_tokenizer_outside_the_graph(corpus, tiny_bert
     np.testing.assert_allclose(values, model_outputs(run, texts), atol=TOL, rtol=0)
 
     saved = yaml.safe_load(RunDir(run).config_path.read_text())
-    assert saved["text_encoder"]["context_turns"] == 0  # the default 2, on a corpus without conversations
+    assert saved["text_encoder"]["context_turns"] == 0
 
 
 def test_context_run_exports_pairs_with_segment_ids(corpus, tiny_bert, tmp_path):

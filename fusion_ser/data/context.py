@@ -58,8 +58,8 @@ def has_conversations(df: pd.DataFrame) -> bool:
 
 
 def effective_context(cfg: Config, df: pd.DataFrame, source: str) -> Config:
-    """`cfg` with text_encoder.context_turns 0 when the model reads text but `df` has no conversations: the default
-    (2 turns) is meant for corpora with conversations, and a run without any should say it used none."""
+    """`cfg` with text_encoder.context_turns 0 when the model reads text but `df` has no conversations: a config
+    meant for conversational corpora still trains there, and its run says it read no context."""
     n = cfg.text_encoder.context_turns
     if n <= 0 or cfg.modality not in ("text", "both") or has_conversations(df):
         return cfg
