@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--beam-size", type=int, default=None,
                     help="ASR beam (default: predict's own transcriber, beam 5); 1 = greedy decoding")
     ap.add_argument("--threads", type=int, default=0, help="torch and ASR CPU threads (0: the libraries' defaults)")
+    ap.add_argument("--asr-threads", type=int, default=None, help="ASR CPU threads (default: --threads)")
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -48,11 +49,12 @@ def main() -> None:
 
     t0, c0 = time.perf_counter(), time.process_time()
     transcriber = None
-    if args.beam_size is not None or args.threads:
+    asr_threads = args.threads if args.asr_threads is None else args.asr_threads
+    if args.beam_size is not None or asr_threads:
         from fusion_ser.transcribe import get_transcriber
 
         options = {"beam_size": args.beam_size} if args.beam_size is not None else {}
-        transcriber = get_transcriber("faster-whisper", device=args.device, cpu_threads=args.threads, **options)
+        transcriber = get_transcriber("faster-whisper", device=args.device, cpu_threads=asr_threads, **options)
     predictor = load(args.run, device=args.device, transcriber=transcriber)
     load_s, load_cpu = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
@@ -82,7 +84,8 @@ def main() -> None:
     print("time per stage:")
     for stage, sec in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:14s} {sec:7.2f} s  {100 * sec / wall:5.1f}%  RTF {sec / audio_s:.3f}")
-    print(f"  {'(other)':14s} {wall - staged:7.2f} s  {100 * (wall - staged) / wall:5.1f}%")
+    print(f"  {'(other)':14s} {wall - staged:7.2f} s  {100 * (wall - staged) / wall:5.1f}%   (ASR runs on its own thread "
+          "beside the models, so the stages overlap and (other) can be negative)")
     print(f"peak RSS: {rss_peak:.0f} MB (at start {rss0:.0f} MB, after loading + warm-up {rss_loaded:.0f} MB); "
           f"peak Python allocations during predict (tracemalloc): {py_peak / 2**20:.1f} MB")
     if "label" in results[0]:

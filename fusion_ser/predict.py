@@ -6,7 +6,8 @@
 A trained run (kind "model") runs its saved model on waveforms held in memory; a fused or ensembled run loads its
 member runs recursively, runs them on the same inputs and combines their prediction frames with the run's fitted
 combiner. When any model needs text, each input (or segment) is transcribed once with the packaged Whisper, and
-every member uses that transcript. Inputs stream through in batches of `batch_size` units (whole inputs or
+every member uses that transcript, made on a background thread while the models run on the batch before (on 2
+cores ASR and the models overlap). Inputs stream through in batches of `batch_size` units (whole inputs or
 segments), so memory stays bounded however many files are given: this is the only batching layer.
 An input (or segment) longer than the run's audio limit (its models' data.max_eval_seconds, which their datasets
 crop to) is cut into equal windows no longer than the limit, so every second is predicted: the result then has
@@ -20,6 +21,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -62,6 +64,11 @@ class Unit:
     context: tuple[str, ...] = ()  # earlier turns of the input's conversation, oldest first
 
 
+def _timed(fn: Callable, *args: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    return fn(*args), time.perf_counter() - t0
+
+
 class Predictor(ABC):
     """A loaded run that predicts emotion labels/probabilities or attribute values for audio."""
 
@@ -70,6 +77,7 @@ class Predictor(ABC):
         self.info = info
         self.device = device
         self._transcriber = None
+        self._asr_pool: Optional[ThreadPoolExecutor] = None
         self.last_timings: Timings = {}
 
     @property
@@ -99,17 +107,9 @@ class Predictor(ABC):
             self._transcriber = get_transcriber("faster-whisper", device=self.device.type)
         return self._transcriber
 
-    def predict(
-        self,
-        inputs: Sequence[AudioInput],
-        *,
-        batch_size: int = 8,
-        segment: Optional[SegmentConfig] = None,
-        on_error: str = "raise",
-        progress: Optional[Callable[[int], Any]] = None,
-        context: Optional[Sequence[Sequence[str]]] = None,
-        adapt: bool = True,
-    ) -> list[dict]:
+    def predict(self, inputs: Sequence[AudioInput], *, batch_size: int = 8, segment: Optional[SegmentConfig] = None,
+                on_error: str = "raise", progress: Optional[Callable[[int], Any]] = None,
+                context: Optional[Sequence[Sequence[str]]] = None, adapt: bool = True) -> list[dict]:
         """One result dict per input: label, probabilities / attribute values, transcript, duration, timing.
 
         Inputs are audio paths (any format soundfile reads) or 16 kHz mono float32 arrays. With `segment`, each input
@@ -128,16 +128,9 @@ class Predictor(ABC):
         return self._stream(inputs, batch_size, segment, on_error, progress, self._predict_batch, self._assemble,
                             context)
 
-    def embed(
-        self,
-        inputs: Sequence[AudioInput],
-        *,
-        batch_size: int = 8,
-        segment: Optional[SegmentConfig] = None,
-        on_error: str = "raise",
-        progress: Optional[Callable[[int], Any]] = None,
-        context: Optional[Sequence[Sequence[str]]] = None,
-    ) -> list[dict]:
+    def embed(self, inputs: Sequence[AudioInput], *, batch_size: int = 8, segment: Optional[SegmentConfig] = None,
+              on_error: str = "raise", progress: Optional[Callable[[int], Any]] = None,
+              context: Optional[Sequence[Sequence[str]]] = None) -> list[dict]:
         """One result dict per input with `embeddings`: {model name: pooled embedding (D,) float32} of the run's
         model, or of every trained member of a fused / ensembled run (names: member run folders, nested with '/').
 
@@ -174,13 +167,18 @@ class Predictor(ABC):
         segmented_of: dict[int, bool] = {}
         rows: dict[str, dict] = {}
         pending: list[Unit] = []
+        inflight: list[tuple[list[Unit], Optional[Future]]] = []  # the batch whose transcripts are being made
 
         def run_batches(final: bool) -> None:
             nonlocal pending
             while len(pending) >= batch_size or (final and pending):
                 chunk, pending = pending[:batch_size], pending[batch_size:]
-                self._run_batch(chunk, rows, timings, per_input, handle)
-            waiting = {u.input_index for u in pending}
+                inflight.append((chunk, self._transcribe_async(chunk)))  # ASR of this batch runs beside ...
+                if len(inflight) > 1:
+                    self._run_batch(*inflight.pop(0), rows, timings, per_input, handle)  # ... the previous batch
+            if final and inflight:
+                self._run_batch(*inflight.pop(0), rows, timings, per_input, handle)
+            waiting = {u.input_index for u in pending} | {u.input_index for c, _ in inflight for u in c}
             done = [i for i in units_of if i not in waiting]
             for i in done:
                 assemble(results[i], units_of.pop(i), rows, segmented_of.pop(i), per_input[i])
@@ -242,16 +240,24 @@ class Predictor(ABC):
                             f"(data.max_eval_seconds) were split into windows of at most {limit:g} s")
         return [Unit(f"{i}_{k}", i, cut(wav, SAMPLE_RATE, s), s.start, s.end) for k, s in enumerate(segs)], note
 
-    def _run_batch(self, chunk: list[Unit], rows: dict[str, Any], timings: Timings,
+    def _transcribe_async(self, chunk: list[Unit]) -> Optional[Future]:
+        """(texts, seconds) of a batch, made on a background thread while the models run on the batch before
+        (CTranslate2 and torch release the GIL)."""
+        if not self.needs_text:
+            return None
+        self._asr_pool = self._asr_pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusion-ser-asr")
+        return self._asr_pool.submit(_timed, self.transcriber().transcribe_batch, [u.wav for u in chunk])
+
+    def _run_batch(self, chunk: list[Unit], asr: Optional[Future], rows: dict[str, Any], timings: Timings,
                    per_input: dict[int, Timings], handle: Callable) -> None:
-        """Transcribe (when needed) and run one batch; batched stages are shared by its inputs in proportion to
-        their audio length."""
+        """Run one batch once its transcripts (when needed) are in; batched stages are shared by its inputs in
+        proportion to their audio length."""
         before = dict(timings)
-        if self.needs_text:
-            t0 = time.perf_counter()
-            for u, text in zip(chunk, self.transcriber().transcribe_batch([u.wav for u in chunk])):
+        if asr is not None:
+            texts, seconds = asr.result()
+            for u, text in zip(chunk, texts):
                 u.text = text
-            timings["asr"] += time.perf_counter() - t0
+            timings["asr"] += seconds
         rows.update(handle(chunk, timings))
         total = sum(len(u.wav) for u in chunk) or 1
         for stage, sec in timings.items():

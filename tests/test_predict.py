@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from fusion_ser.cli.main import main
 from fusion_ser.config import load_config
+from fusion_ser.errors import FusionSerError
 from fusion_ser.rundir import RunDir, prob_columns
 from fusion_ser.segment import SegmentConfig, SegmentError, energy_segments, split, window_segments
 from tests.tiny_models import save_tiny_bert
@@ -76,10 +77,15 @@ def _test_rows(corpus) -> pd.DataFrame:
 class CountingTranscriber:
     """Wraps the real transcriber and counts the clips it is given (one per input is the contract)."""
 
-    def __init__(self, inner):
-        self.inner, self.calls = inner, 0
+    def __init__(self, inner, fail_after=None):
+        self.inner, self.calls, self.threads, self.fail_after = inner, 0, set(), fail_after
 
     def transcribe_batch(self, audios):
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise FusionSerError("the recognizer failed on batch 2")
         self.calls += len(audios)
         return self.inner.transcribe_batch(audios)
 
@@ -105,6 +111,7 @@ def test_predictor_reproduces_the_runs_own_test_predictions(runs, corpus, kind):
         # Two members, one of them text: each clip is transcribed once, and the transcript is the manifest's.
         assert counter.calls == len(test)
         assert [r["transcript"] for r in results] == test["text"].tolist()
+        assert all(t.startswith("fusion-ser-asr") for t in counter.threads)  # beside the models, in order
         assert all(r["timing"]["asr"] > 0 and r["timing"]["model:audio"] > 0 and r["timing"]["model:text"] > 0
                    for r in results)
     else:
@@ -223,3 +230,12 @@ def test_segmented_prediction_of_a_long_file(runs, corpus, tmp_path):
     # Each segment's prediction is the model's prediction on that stretch of audio alone.
     (alone,) = predictor.predict([long[int(segs[1]["start"] * SR): int(segs[1]["end"] * SR)]])
     np.testing.assert_allclose([alone["probs"][c] for c in labels], p[1], atol=1e-5)
+
+
+def test_a_failing_recognizer_stops_the_prediction_with_its_error(runs, corpus):
+    import fusion_ser
+
+    predictor = fusion_ser.load(runs["late"])
+    predictor._transcriber = CountingTranscriber(predictor.transcriber(), fail_after=2)
+    with pytest.raises(FusionSerError, match="the recognizer failed on batch 2"):
+        predictor.predict(_test_rows(corpus)["path"].tolist(), batch_size=2)
