@@ -5,8 +5,9 @@
 An audio run's graph takes `wav` (B, S) float32 at 16 kHz, zero-padded, and `wav_lengths` (B,) int64; a text run's
 takes `input_ids` and `attention_mask` (B, T) int64 from the run's tokenizer, which stays outside the graph and is
 saved beside it; a run that reads conversation context (text_encoder.context_turns) takes (context, text) pairs,
-with `token_type_ids` where the tokenizer makes them, and the JSON says how the pair is built. Outputs: `probabilities` (B, K) in the run's class order, or `attributes` (B, A) on the manifest
-scale, and `pooled_embedding` (B, D). Batch and length axes are dynamic; padding does not change a clip's outputs.
+with `token_type_ids` where the tokenizer makes them, and the JSON says how the pair is built. Outputs:
+`probabilities` (B, K) in the run's class order, or `attributes` (B, A) on the manifest scale, and
+`pooled_embedding` (B, D). Batch and length axes are dynamic; padding does not change a clip's outputs.
 
 Audio encoders: fbank and Hugging Face SSL models run their own forward in the graph; the CTranslate2 Whisper encoder
 is replaced by its PyTorch copy on padded batches (`encoders/whisper_graph.py`). With audio_encoder.layers=last the

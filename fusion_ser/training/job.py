@@ -204,6 +204,13 @@ def _sources(cfg: Config, manifest_path: Optional[str | Path]) -> tuple[Config, 
     return cfg, combine_manifests(sources)
 
 
+def _run_frame(cfg: Config, manifest_path: str | Path,
+               combined: Optional[pd.DataFrame]) -> tuple[Config, pd.DataFrame]:
+    """The run's rows (read once) and the config as the run records it (context_turns 0 without conversations)."""
+    frame = combined if combined is not None else read_manifest(manifest_path)
+    return effective_context(cfg, frame, str(manifest_path)), frame
+
+
 def train_run(cfg: Config, manifest_path: Optional[str | Path], out_dir: str | Path,
               progress: Optional[Callback] = None, *, trainer_cls: type[Trainer] = Trainer) -> RunDir:
     """Train one model into `out_dir` (resuming it when unfinished) and write the complete run directory."""
@@ -213,8 +220,7 @@ def train_run(cfg: Config, manifest_path: Optional[str | Path], out_dir: str | P
         manifest_path = run.path.resolve() / COMBINED_MANIFEST
     manifest_path = _manifest_or_error(cfg, manifest_path)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, manifest=str(Path(manifest_path).resolve())))
-    frame = combined if combined is not None else read_manifest(manifest_path)
-    cfg = effective_context(cfg, frame, str(manifest_path))  # before the resume check: the saved config has it
+    cfg, frame = _run_frame(cfg, manifest_path, combined)  # before the resume check: the saved config has it
     dist = D.init_distributed()
     resume = D.broadcast_object(_resumable(run, cfg) if dist.is_main else False, dist)
     seed_everything(cfg.seed)
@@ -264,8 +270,7 @@ def dry_run(cfg: Config, manifest_path: Optional[str | Path]) -> Plan:
     """The plan of `train_run(cfg, manifest)` without training or writing anything (see training/plan.py)."""
     cfg, combined = _sources(cfg, manifest_path)
     manifest_path = "data.manifests" if combined is not None else _manifest_or_error(cfg, manifest_path)
-    frame = combined if combined is not None else read_manifest(manifest_path)
-    cfg = effective_context(cfg, frame, str(manifest_path))
+    cfg, frame = _run_frame(cfg, manifest_path, combined)
     data = load_run_data(cfg, manifest_path, frame=frame)
     model = build_model(cfg, data.labels, train_labels=data.train["label"].tolist(),
                         auxiliary_classes=auxiliary_classes(cfg, data.train))
