@@ -2,7 +2,8 @@
 
     python bench/predict_rtf.py --run demo_out/runs/late --n 48 --batch-size 8
 
-The run defaults to the demo's late-fusion model (run `fusion-ser demo -o demo_out` first). RAVDESS clips are 16 kHz
+The run defaults to the demo's late-fusion model (run `fusion-ser demo -o demo_out` first); its audio model reads the
+ASR's encoder frames (audio_encoder.window_seconds, one Whisper pass per clip; `--no-share` encodes twice). RAVDESS clips are 16 kHz
 FLAC, about 3.5 s each. A warm-up call on two clips (model loading, first-call allocations) is timed separately.
 Peak memory: the process's peak resident set size (getrusage ru_maxrss: Python, torch, CTranslate2 together) and
 the peak of Python-level allocations during the measured call (tracemalloc; native tensors are not in it).
@@ -34,6 +35,8 @@ def main() -> None:
                     help="ASR beam (default: predict's own transcriber, beam 5); 1 = greedy decoding")
     ap.add_argument("--threads", type=int, default=0, help="torch and ASR CPU threads (0: the libraries' defaults)")
     ap.add_argument("--asr-threads", type=int, default=None, help="ASR CPU threads (default: --threads)")
+    ap.add_argument("--no-share", action="store_true",
+                    help="the audio model encodes every clip itself even where it could take the ASR's encoder frames")
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -56,12 +59,17 @@ def main() -> None:
         options = {"beam_size": args.beam_size} if args.beam_size is not None else {}
         transcriber = get_transcriber("faster-whisper", device=args.device, cpu_threads=asr_threads, **options)
     predictor = load(args.run, device=args.device, transcriber=transcriber)
+    if args.no_share and predictor.needs_text:
+        from fusion_ser.shared_pass import SharedPass
+
+        predictor._shared = SharedPass(predictor.transcriber(), [])  # no encoder takes the ASR's frames
     load_s, load_cpu = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
     predictor.predict(paths[:2], batch_size=args.batch_size)
     warm_s = time.perf_counter() - t0
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    served_before = predictor._sharing().served if predictor.needs_text else 0
     tracemalloc.start()
     t0, c0 = time.perf_counter(), time.process_time()
     results = predictor.predict(paths, batch_size=args.batch_size)
@@ -81,6 +89,10 @@ def main() -> None:
     print(f"predict wall time: {wall:.2f} s; real-time factor {wall / audio_s:.3f} "
           f"({audio_s / wall:.1f}x faster than real time); CPU time {cpu:.2f} s ({audio_s / cpu:.1f}x real time "
           f"per CPU-second); with the run's loading: {audio_s / (wall + load_s):.1f}x wall")
+    if predictor.needs_text:
+        shared = predictor._sharing()
+        print(f"Whisper encoder passes shared by the ASR and the audio model: {shared.served - served_before} of {len(results)} clips "
+              f"({len(shared.encoders)} sharing encoder(s){', --no-share' if args.no_share else ''})")
     print("time per stage:")
     for stage, sec in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:14s} {sec:7.2f} s  {100 * sec / wall:5.1f}%  RTF {sec / audio_s:.3f}")

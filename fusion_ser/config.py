@@ -98,6 +98,10 @@ class AudioEncoderConfig:
     gradient_checkpointing: bool = False
     compute_type: str = "default"  # CTranslate2 compute type
     threads: int = ranged(1, "[0, inf)")  # CTranslate2 threads per encode call (0: torch's count; 1: fastest on a shared CPU)
+    # ct2_whisper, layers last: 0 = each clip encoded unpadded | W = each <= 30 s piece padded to the transcriber's
+    # window (2x its length, >= W s; fusion_ser.whisper_window): the frames the faster-whisper transcriber with
+    # window_seconds W computes, so predict shares one encoder pass between the ASR and the audio model
+    window_seconds: float = ranged(0.0, "[0, 30]")
     # ct2_whisper's PyTorch copy (layers weighted/concat, frozen): none = float32 | int8 = dynamic int8 matmuls (the
     # Linear layers; CPU), about 2x faster, frames close to float32's, cached apart from them
     quantize: Literal["none", "int8"] = "none"

@@ -165,6 +165,11 @@ def _whisper_frames(encoder: Any) -> nn.Module:
     from fusion_ser.encoders.whisper_graph import WhisperFrames
     from fusion_ser.encoders.whisper_torch import WhisperWeightsError
 
+    if getattr(encoder, "window_seconds", 0.0):
+        raise ExportError(f"the run's Whisper encoder reads each clip in the transcriber's {encoder.window_seconds:g} s "
+                          "window (audio_encoder.window_seconds), which the exported graph does not compute (it encodes "
+                          "clips unpadded); export a run trained with audio_encoder.window_seconds=0",
+                          options=("audio_encoder.window_seconds",))
     try:
         frames = WhisperFrames(encoder.torch_encoder, all_layers=encoder.stack_layers).eval()
     except WhisperWeightsError as e:

@@ -3,15 +3,14 @@
     predictor = fusion_ser.load("runs/late")
     results = predictor.predict(["a.wav", "b.flac", waveform_16k], batch_size=8)
 
-A trained run (kind "model") runs its saved model on waveforms held in memory; a fused or ensembled run loads its
-member runs recursively, runs them on the same inputs and combines their prediction frames with the run's fitted
-combiner. When any model needs text, each input (or segment) is transcribed once with the packaged Whisper, and
-every member uses that transcript, made on a background thread while the models run on the batch before (on 2
-cores ASR and the models overlap). Inputs stream through in batches of `batch_size` units (whole inputs or
-segments), so memory stays bounded however many files are given: this is the only batching layer.
-An input (or segment) longer than the run's audio limit (its models' data.max_eval_seconds, which their datasets
-crop to) is cut into equal windows no longer than the limit, so every second is predicted: the result then has
-`segments` and a whole-file aggregate, `auto_segmented: True` and a `note` saying so.
+A trained run (kind "model") runs its saved model on in-memory waveforms; a fused or ensembled run loads its member
+runs recursively and combines their prediction frames with its fitted combiner. Where a model needs text, each input
+(or segment) is transcribed once with the packaged Whisper, on a background thread while the models run on the batch
+before; an audio model whose encoder is that Whisper's in the same window takes its frames from the ASR's encoder
+pass (fusion_ser.shared_pass). Inputs stream through in batches of `batch_size` units (whole inputs or segments), so
+memory stays bounded however many files are given: this is the only batching layer. An input longer than the run's
+audio limit (its models' data.max_eval_seconds) is cut into equal windows within it, so every second is predicted: its
+result has `segments`, a whole-file aggregate, `auto_segmented: True` and a `note` saying so.
 """
 
 from __future__ import annotations
@@ -36,8 +35,9 @@ from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.device import resolve_device
 from fusion_ser.errors import FusionSerError
 from fusion_ser.fusion.runs import load_combiner
-from fusion_ser.prediction_values import aggregate_values, numbers, row_values
+from fusion_ser.prediction_values import aggregate_embeddings, aggregate_values, numbers, row_values
 from fusion_ser.rundir import RunDir, RunInfo
+from fusion_ser.shared_pass import SharedPass
 from fusion_ser.segment import SegmentConfig, covering_windows, cut, fit_to_limit, split
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class Predictor(ABC):
         self.device = device
         self._transcriber = None
         self._asr_pool: Optional[ThreadPoolExecutor] = None
+        self._shared: Optional[SharedPass] = None
         self.last_timings: Timings = {}
 
     @property
@@ -98,6 +99,10 @@ class Predictor(ABC):
     @abstractmethod
     def predict_units(self, units: list[Unit], timings: Timings) -> pd.DataFrame:
         """A prediction-format frame (utt_id = unit uid, pred, prob_<c>... | <attr>_pred...) for one batch of units."""
+
+    @abstractmethod
+    def audio_encoders(self) -> list:
+        """The audio encoders of this run's models that can take their frames from a transcriber's encoder pass."""
 
     def transcriber(self):
         """The packaged Whisper (faster-whisper, CTranslate2), loaded once on first use."""
@@ -246,19 +251,27 @@ class Predictor(ABC):
         if not self.needs_text:
             return None
         self._asr_pool = self._asr_pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusion-ser-asr")
-        return self._asr_pool.submit(_timed, self.transcriber().transcribe_batch, [u.wav for u in chunk])
+        return self._asr_pool.submit(_timed, self._sharing().transcribe, [u.wav for u in chunk])
+
+    def _sharing(self) -> SharedPass:
+        """The transcriber and the audio encoders that take their frames from its encoder pass."""
+        if self._shared is None:
+            self._shared = SharedPass(self.transcriber() if self.needs_text else None,
+                                      self.audio_encoders() if self.needs_text else [])
+        return self._shared
 
     def _run_batch(self, chunk: list[Unit], asr: Optional[Future], rows: dict[str, Any], timings: Timings,
                    per_input: dict[int, Timings], handle: Callable) -> None:
         """Run one batch once its transcripts (when needed) are in; batched stages are shared by its inputs in
         proportion to their audio length."""
-        before = dict(timings)
+        before, frames = dict(timings), {}
         if asr is not None:
-            texts, seconds = asr.result()
+            (texts, frames), seconds = asr.result()
             for u, text in zip(chunk, texts):
                 u.text = text
             timings["asr"] += seconds
-        rows.update(handle(chunk, timings))
+        with self._sharing().serving(frames):
+            rows.update(handle(chunk, timings))
         total = sum(len(u.wav) for u in chunk) or 1
         for stage, sec in timings.items():
             spent = sec - before.get(stage, 0.0)
@@ -294,11 +307,7 @@ class Predictor(ABC):
         else:
             v = values[0]
             res.update({k: v[k] for k in v if k not in ("start", "end")})
-        if not self.needs_text:
-            res["transcript"] = None
-            for v in res.get("segments", []):
-                v["transcript"] = None
-        res["timing"] = {k: round(t, 6) for k, t in timing.items()}
+        self._finish(res, timing)
 
     def _assemble_embeddings(self, res: dict, units: list[Unit], rows: dict[str, Any], segmented: bool,
                              timing: Timings) -> None:
@@ -309,15 +318,13 @@ class Predictor(ABC):
             return
         values = [{"start": u.start, "end": u.end, "transcript": u.text, "embeddings": rows.pop(u.uid)} for u in parts]
         if segmented:
-            weights = np.array([max(v["end"] - v["start"], 1e-9) for v in values])
-            names = set.intersection(*(set(v["embeddings"]) for v in values))
-            res["embeddings"] = {n: (np.tensordot(weights / weights.sum(), np.stack([v["embeddings"][n] for v in values]),
-                                                  axes=1)).astype(np.float32) for n in sorted(names)}
-            res["segments"] = values
-            res["skipped_segments"] = len(units) - len(parts)
+            res.update(embeddings=aggregate_embeddings(values), segments=values, skipped_segments=len(units) - len(parts))
         else:
-            res["embeddings"] = values[0]["embeddings"]
-            res["transcript"] = values[0]["transcript"]
+            res.update(embeddings=values[0]["embeddings"], transcript=values[0]["transcript"])
+        self._finish(res, timing)
+
+    def _finish(self, res: dict, timing: Timings) -> None:
+        """No transcripts where no model reads text; the input's time per stage."""
         if not self.needs_text:
             res["transcript"] = None
             for v in res.get("segments", []):
@@ -349,29 +356,29 @@ class ModelPredictor(Predictor):
     def max_seconds(self) -> Optional[float]:
         return float(self.cfg.data.max_eval_seconds) if self.needs_audio else None
 
+    def audio_encoders(self) -> list:
+        return [m for m in self.model.modules() if hasattr(m, "shared_pass_key") and m.shared_pass_key() is not None]
+
     def predict_units(self, units: list[Unit], timings: Timings) -> pd.DataFrame:
         from fusion_ser.training.inference import predict_arrays
 
-        t0 = time.perf_counter()
-        cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, batch_size=max(1, len(units)),
-                                                                      num_workers=0))
-        frame = predict_arrays(self.model, [u.uid for u in units], cfg, device=self.device,
-                               waveforms=[u.wav for u in units] if self.needs_audio else None,
-                               texts=[u.text for u in units], context=[list(u.context) for u in units])
-        timings[self.stage_name] += time.perf_counter() - t0
-        return frame
+        return self._run_model(predict_arrays, units, timings)
 
     def embed_units(self, units: list[Unit], timings: Timings) -> dict[str, dict[str, np.ndarray]]:
         from fusion_ser.training.inference import embed_arrays
 
+        return {uid: {self.run_dir.name: v} for uid, v in self._run_model(embed_arrays, units, timings).items()}
+
+    def _run_model(self, fn: Callable, units: list[Unit], timings: Timings) -> Any:
+        """`fn` (predict_arrays or embed_arrays) on one batch of units, timed as this model's stage."""
         t0 = time.perf_counter()
         cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, batch_size=max(1, len(units)),
                                                                       num_workers=0))
-        vectors = embed_arrays(self.model, [u.uid for u in units], cfg, device=self.device,
-                               waveforms=[u.wav for u in units] if self.needs_audio else None,
-                               texts=[u.text for u in units], context=[list(u.context) for u in units])
+        out = fn(self.model, [u.uid for u in units], cfg, device=self.device,
+                 waveforms=[u.wav for u in units] if self.needs_audio else None,
+                 texts=[u.text for u in units], context=[list(u.context) for u in units])
         timings[self.stage_name] += time.perf_counter() - t0
-        return {uid: {self.run_dir.name: v} for uid, v in vectors.items()}
+        return out
 
 
 class CombinedPredictor(Predictor):
@@ -394,6 +401,9 @@ class CombinedPredictor(Predictor):
     def max_seconds(self) -> Optional[float]:
         limits = [m.max_seconds for m in self.members if m.max_seconds is not None]
         return min(limits) if limits else None
+
+    def audio_encoders(self) -> list:
+        return [e for m in self.members for e in m.audio_encoders()]
 
     def predict_units(self, units: list[Unit], timings: Timings) -> pd.DataFrame:
         frames = [m.predict_units(units, timings) for m in self.members]

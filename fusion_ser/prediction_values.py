@@ -3,6 +3,8 @@ multitask run), read from a prediction-frame row; and the duration-weighted whol
 
 from __future__ import annotations
 
+import numpy as np
+
 from fusion_ser.schema import has_attributes, has_classes
 from fusion_ser.rundir import RunInfo, attr_pred_columns, prob_columns
 from fusion_ser.segment import aggregate
@@ -34,3 +36,12 @@ def aggregate_values(info: RunInfo, values: list[dict]) -> dict:
         flat = [{"start": v["start"], "end": v["end"], **v["attributes"]} for v in values]
         out["attributes"] = aggregate(flat, list(info.attributes))
     return out
+
+
+def aggregate_embeddings(values: list[dict]) -> dict:
+    """Whole-file embeddings: per model name the segments share, the duration-weighted mean, float32."""
+    weights = np.array([max(v["end"] - v["start"], 1e-9) for v in values])
+    weights = weights / weights.sum()
+    names = set.intersection(*(set(v["embeddings"]) for v in values))
+    return {n: np.tensordot(weights, np.stack([v["embeddings"][n] for v in values]), axes=1).astype(np.float32)
+            for n in sorted(names)}

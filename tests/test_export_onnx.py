@@ -158,6 +158,10 @@ def test_whisper_last_layer_run_exports_when_the_copy_reproduces_ctranslate2(cor
     with pytest.raises(ExportError, match="CTranslate2 only.*compute_type int8.*does not reproduce"):
         export_onnx(quantised, tmp_path / "int8.onnx")
     assert not (tmp_path / "int8.onnx").exists()
+    windowed = train(corpus, tmp_path / "window", common + ["audio_encoder.window_seconds=10"])
+    with pytest.raises(ExportError, match=r"10 s window \(audio_encoder\.window_seconds\).*window_seconds=0"):
+        export_onnx(windowed, tmp_path / "window.onnx")
+    assert not (tmp_path / "window.onnx").exists()
 
 
 def test_text_run_exports_with_the_tokenizer_outside_the_graph(corpus, tiny_bert, tmp_path):

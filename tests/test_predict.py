@@ -239,3 +239,42 @@ def test_a_failing_recognizer_stops_the_prediction_with_its_error(runs, corpus):
     predictor._transcriber = CountingTranscriber(predictor.transcriber(), fail_after=2)
     with pytest.raises(FusionSerError, match="the recognizer failed on batch 2"):
         predictor.predict(_test_rows(corpus)["path"].tolist(), batch_size=2)
+
+
+def test_the_asr_encoder_pass_gives_a_windowed_whisper_audio_model_its_frames(runs, corpus, tmp_path):
+    """A late fusion whose audio model is the transcriber's Whisper encoder in its window (window_seconds 10, int8):
+    predict encodes each clip once, for the ASR and the audio model together (the audio encoder computes nothing
+    itself), and still reproduces the run's own test predictions and the manifest's transcripts; a transcriber with
+    another window shares nothing and gives the same results."""
+    import fusion_ser
+    from fusion_ser.fusion.late import late_fuse
+    from fusion_ser.transcribe import get_transcriber
+
+    audio = _train(corpus, tmp_path / "audio", ["modality=audio", "audio_encoder.type=ct2_whisper",
+                                                "audio_encoder.layers=last", "audio_encoder.compute_type=int8",
+                                                "audio_encoder.window_seconds=10"])
+    late = late_fuse([audio, runs["text"]], tmp_path / "late", method="lr", folds=2).path
+    test = _test_rows(corpus)
+    saved = RunDir(late).read_predictions("test").set_index("utt_id").loc[test["utt_id"]]
+    labels = RunDir(late).read_info().labels
+    outputs, texts = {}, {}
+    for name, transcriber in [("shared", None), ("apart", get_transcriber(device="cpu", window_seconds=30))]:
+        predictor = fusion_ser.load(late, transcriber=transcriber)
+        (encoder,) = predictor.members[0].audio_encoders()
+        own_passes = []
+        real = encoder.encode_waveform
+        encoder.encode_waveform = lambda wav: own_passes.append(len(wav)) or real(wav)
+        results = predictor.predict(test["path"].tolist(), batch_size=3)
+        outputs[name] = np.array([[r["probs"][c] for c in labels] for r in results])
+        texts[name] = [r["transcript"] for r in results]
+        served = predictor._sharing().served
+        assert (served, len(own_passes)) == ((len(test), 0) if name == "shared" else (0, len(test)))
+    assert texts["shared"] == test["text"].tolist()
+    np.testing.assert_allclose(outputs["shared"], saved[prob_columns(labels)].to_numpy(), atol=2e-3)
+    same = np.array(texts["apart"]) == np.array(texts["shared"])  # the 30 s window reads (nearly) every clip alike
+    assert same.sum() >= len(test) - 1
+    np.testing.assert_allclose(outputs["apart"][same], outputs["shared"][same], atol=2e-3)
+    audio_saved = RunDir(audio).read_predictions("test").set_index("utt_id").loc[test["utt_id"]]
+    shared_audio = fusion_ser.load(audio).predict(test["path"].tolist())
+    np.testing.assert_allclose([[r["probs"][c] for c in labels] for r in shared_audio],
+                               audio_saved[prob_columns(labels)].to_numpy(), atol=1e-5)

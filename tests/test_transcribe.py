@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from fusion_ser.cli.main import main as cli
+from fusion_ser.errors import FusionSerError
 from fusion_ser.transcribe import TranscribeError, Transcriber, TranscriptCache, get_transcriber, transcribe_frame
 
 SENTENCES = [
@@ -253,7 +254,9 @@ def test_transformers_whisper_backend_on_a_tiny_random_model(tmp_path):
 
 def test_short_window_gives_the_transcripts_of_whisper_padding(speech):
     """Pieces padded to a 10 s window (the default) read as with Whisper's own 30 s padding and as faster-whisper's
-    plain `transcribe`, also batched together with a long clip (cut into 30 s pieces); the cache id tells them apart."""
+    plain `transcribe`, also batched together with a long clip (cut into 30 s pieces, its tail piece starting inside a
+    word: read within the WER bound in both windows); a piece's window is its own, so a clip reads the same in any
+    batch; the cache id tells the windows apart."""
     short = get_transcriber(device="cpu", cpu_threads=1, beam_size=2)
     full = get_transcriber(device="cpu", cpu_threads=1, beam_size=2, window_seconds=30)
     long_clip = np.concatenate([speech["audios"][0], np.zeros(16000 * 26, np.float32), speech["audios"][2]])
@@ -261,9 +264,11 @@ def test_short_window_gives_the_transcripts_of_whisper_padding(speech):
     fast, padded = short.transcribe_batch(clips), full.transcribe_batch(clips)
     plain = [" ".join(s.text for s in full.model.transcribe(a, beam_size=2, language="en")[0]).strip()
              for a in speech["audios"]]
-    assert [_norm(t) for t in fast] == [_norm(t) for t in padded], (fast, padded)
+    assert [_norm(t) for t in fast[:-1]] == [_norm(t) for t in padded[:-1]], (fast, padded)
     assert [_norm(t) for t in fast[:-1]] == [_norm(t) for t in plain], (fast, plain)
     assert wer(SENTENCES[0] + " " + SENTENCES[2], fast[-1]) < 0.3, fast[-1]
+    assert wer(SENTENCES[0] + " " + SENTENCES[2], padded[-1]) < 0.3, padded[-1]
+    assert [short.transcribe(a) for a in clips[:2]] == fast[:2]
     assert short.cache_id() != full.cache_id()
     with pytest.raises(TranscribeError, match="window_seconds"):
         get_transcriber(device="cpu", window_seconds=45)
@@ -277,3 +282,39 @@ def test_a_looping_transcript_is_recognised():
     assert repeats_itself("so it goes on and on and on, and on and on and on")
     assert not repeats_itself("Kids kids are talking by the door.")  # one word twice: speech does that
     assert not repeats_itself("I said no, no, no.") and not repeats_itself("")
+
+
+def test_the_transcribers_encoder_pass_gives_the_windowed_audio_encoders_frames(speech):
+    """transcribe_with_frames: the transcripts of transcribe_batch, and per clip the frames CT2WhisperEncoder with the
+    same model, compute type and window computes alone (each 30 s piece of a long clip in its own window), as many as
+    its unpadded encoding has; vad, another window or an unpadded encoder share nothing."""
+    from fusion_ser.config import AudioEncoderConfig
+    from fusion_ser.encoders.audio import build_audio_encoder
+    from fusion_ser.whisper_window import piece_frames
+
+    tr = get_transcriber(device="cpu", cpu_threads=1, beam_size=2, compute_type="int8")
+    long_clip = np.concatenate([speech["audios"][0], np.zeros(16000 * 29, np.float32), speech["audios"][1]])
+    clips = [*speech["audios"], long_clip]
+    texts, frames = tr.transcribe_with_frames(clips)
+    assert texts == tr.transcribe_batch(clips)
+    enc = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="last", compute_type="int8",
+                                                 window_seconds=10))
+    unpadded = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="last", compute_type="int8"))
+    assert enc.shared_pass_key() == tr.shared_pass_key() and unpadded.shared_pass_key() is None
+    for clip, f in zip(clips, frames):
+        alone = enc.encode_waveform(clip)
+        assert f.shape == alone.shape == unpadded.encode_waveform(clip).shape
+        assert alone.shape[0] == sum(piece_frames(len(p)) for p in (clip[:480000], clip[480000:]) if len(p))
+        np.testing.assert_allclose(f, alone, atol=2e-2, rtol=0)
+        assert np.abs(f - alone).mean() < 1e-3
+    short = speech["audios"][0]
+    assert np.abs(enc.encode_waveform(short) - unpadded.encode_waveform(short)).mean() > 1e-2  # the window matters
+    assert enc.cache_id() != unpadded.cache_id()
+    assert get_transcriber(device="cpu", vad=True).shared_pass_key() is None
+    assert get_transcriber(device="cpu", window_seconds=30, compute_type="int8").shared_pass_key() != enc.shared_pass_key()
+    with pytest.raises(TranscribeError, match="shared only"):
+        get_transcriber(device="cpu", vad=True).transcribe_with_frames(clips[:1])
+    with pytest.raises(FusionSerError, match="window_seconds"):
+        build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="weighted", window_seconds=10))
+    with pytest.raises(FusionSerError, match="window_seconds"):
+        build_audio_encoder(AudioEncoderConfig(type="fbank", window_seconds=10))

@@ -10,6 +10,11 @@ the same model.bin is then run by a PyTorch copy of the encoder (`whisper_torch.
 feature cache stores, and a learned softmax weighting over layers (weighted, trained at the head's rate) or the layers
 side by side (concat) give the frames.
 
+With `audio_encoder.window_seconds: W` (layers last) each <= 30 s piece is encoded padded to the transcriber's window
+(`fusion_ser.whisper_window`) and keeps its own frames: the frames the faster-whisper transcriber with the same model,
+compute type and window computes, so `predict` hands this encoder the ASR's frames (`frame_source`) instead of
+encoding every clip twice.
+
 With `audio_encoder.finetune: lora` the PyTorch copy carries LoRA adapters (by default rank 16 on the feed-forward
 layers of the upper half, SAIL's recipe; `encoders/lora.py`) and trains, so the packaged offline model adapts its
 encoder on a CPU; nothing is cached then, and the adapters are saved with the encoder (and as a peft adapter).
@@ -34,6 +39,7 @@ from fusion_ser.encoders.base import (AudioEncoder, AudioEncoderError, EncoderOu
 from fusion_ser.encoders.lora import add_lora, save_adapter
 from fusion_ser.encoders.whisper_torch import WhisperEncoderTorch, encoder_layer_count, quantize_int8
 from fusion_ser.packaged import packaged_model_path
+from fusion_ser.whisper_window import piece_frames, pieces, window_samples, windowed_mel
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,16 @@ class CT2WhisperEncoder(AudioEncoder):
         if cfg.layers == "weighted":
             self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1))
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # follows .to(device) for the PyTorch copy
+        self.window_seconds = float(cfg.window_seconds)
+        if self.window_seconds and (self.stack_layers or self.adapted):
+            raise AudioEncoderError("audio_encoder.window_seconds: encoding in the transcriber's window applies to "
+                                    f"layers=last with finetune=frozen (the pass predict shares with the ASR), not to "
+                                    f"layers={cfg.layers}, finetune={cfg.finetune}; set window_seconds=0",
+                                    options=("audio_encoder.window_seconds",))
+        if self.window_seconds and self.window_seconds < 1.0:
+            raise AudioEncoderError(f"audio_encoder.window_seconds: {self.window_seconds:g} s; give 0 (unpadded) or a "
+                                    "window of 1 to 30 s, e.g. the transcriber's 10", options=("audio_encoder.window_seconds",))
+        self.frame_source: Optional[Any] = None  # predict: wav -> its frames from the ASR's pass, or None
         self.quantized = cfg.quantize == "int8"
         if self.quantized and (not self.stack_layers or self.adapted):
             raise AudioEncoderError("audio_encoder.quantize: int8 applies to the frozen PyTorch copy that computes every "
@@ -105,7 +121,15 @@ class CT2WhisperEncoder(AudioEncoder):
         if not self.adapted:  # the frozen copy is re-read from model.bin; an adapted one holds trained weights
             state["_torch"] = None
         state["_int8"] = None
+        state["frame_source"] = None
         return state
+
+    def shared_pass_key(self) -> Optional[tuple]:
+        """(model, compute type, window) of the transcriber whose encoder pass gives this encoder's frames, or None
+        when the frames come from no transcriber (unpadded, every layer, or adapted)."""
+        if not self.window_seconds or self.stack_layers:
+            return None
+        return str(Path(self.model_path).resolve()), self.compute_type, self.window_seconds
 
     @property
     def is_frozen(self) -> bool:
@@ -175,7 +199,7 @@ class CT2WhisperEncoder(AudioEncoder):
         base = f"ct2_whisper|{Path(self.model_path).resolve()}|{model_hash(self.model_path)}"
         if self.stack_layers:  # the PyTorch path (float32, or int8 matmuls): CTranslate2's compute type plays no part
             return base + "|stack=all_layers" + ("|int8" if self.quantized else "")
-        return f"{base}|{self.compute_type}"
+        return f"{base}|{self.compute_type}" + (f"|window>={self.window_seconds:g}s" if self.window_seconds else "")
 
     def log_mel(self, wav: np.ndarray) -> np.ndarray:
         """Whisper log-mel features (n_mels, frames) of an unpadded 16 kHz clip."""
@@ -192,8 +216,18 @@ class CT2WhisperEncoder(AudioEncoder):
         return np.concatenate(outputs, axis=0)
 
     def encode_waveform(self, wav: np.ndarray) -> np.ndarray:
-        """Encoder frames (T, D) float32 of one unpadded 16 kHz clip (the last layer, through CTranslate2)."""
-        return self.encode_mel(self.log_mel(wav))
+        """Encoder frames (T, D) float32 of one 16 kHz clip (the last layer, through CTranslate2): unpadded, or with
+        window_seconds each <= 30 s piece in its window, cut to its own frames."""
+        if not self.window_seconds:
+            return self.encode_mel(self.log_mel(wav))
+        import ctranslate2
+
+        outputs = []
+        for piece in pieces(np.asarray(wav, dtype=np.float32)):
+            mel = windowed_mel(self.extractor, piece, window_samples(len(piece), self.window_seconds))
+            out = self.model.encode(ctranslate2.StorageView.from_array(mel[None]), to_cpu=True)
+            outputs.append(np.asarray(out)[0][: piece_frames(len(piece))])
+        return np.concatenate(outputs, axis=0).astype(np.float32, copy=False)
 
     def hidden_states(self, wav: np.ndarray, *, grad: bool = False) -> torch.Tensor:
         """(L+1, T, D) float32 hidden states of one unpadded 16 kHz clip, 30 s of log-mel at a time (on the
@@ -211,7 +245,8 @@ class CT2WhisperEncoder(AudioEncoder):
             return self.hidden_states(wav, grad=self.training and torch.is_grad_enabled())
         if self.stack_layers:
             return self.hidden_states(wav)
-        return torch.from_numpy(self.encode_waveform(wav))
+        shared = self.frame_source(wav) if self.frame_source is not None else None
+        return torch.from_numpy(shared if shared is not None else self.encode_waveform(wav))
 
     def _combine(self, features: torch.Tensor) -> torch.Tensor:
         """(B, L+1, T, D) stack -> (B, T, D') frames as audio_encoder.layers says; (B, T, D) passes through."""

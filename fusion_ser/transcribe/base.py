@@ -13,8 +13,7 @@ import torch
 from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.device import resolve_device
 from fusion_ser.errors import FusionSerError
-
-WINDOW_SECONDS = 30.0  # Whisper's input window
+from fusion_ser.whisper_window import WINDOW_SECONDS
 
 
 class TranscribeError(FusionSerError):

@@ -1,12 +1,15 @@
 """faster-whisper (CTranslate2) backend: the default, offline with the packaged Whisper tiny.en, CPU or CUDA.
 
 Whisper was trained on 30 s windows, and a 3.5 s clip padded to 30 s spends about 9/10 of the encoder on padding.
-Here each piece of a clip (its <= 30 s windows, or its speech regions with `vad`) is padded only to its *window*:
-twice its length (half the window silence, as Whisper saw short training clips), at least `window_seconds` (10 s by
-default) and at most 30 s. Unpadded input makes Whisper repeat itself (measured on RAVDESS: WER > 1), a 10 s window
-rarely does (bench/transcribe_rtf.py): a piece whose text repeats a run of >= 3 words back to back is decoded again in
-Whisper's own 30 s window. Pieces are sorted by length and encoded and decoded together, `batch_size` at a
-time, by CTranslate2's `generate` (beam search, no timestamps); `window_seconds: 30` is Whisper's own padding.
+Here each piece of a clip (its <= 30 s windows, or its speech regions with `vad`) is padded only to its *window*
+(`fusion_ser.whisper_window`): twice its length, at least `window_seconds` (10 s by default), at most 30 s, in whole
+seconds, so a piece's transcript never depends on the other pieces of its batch. Unpadded input makes Whisper repeat
+itself (measured on RAVDESS: WER > 1), a 10 s window rarely does (bench/transcribe_rtf.py): a piece whose text repeats
+a run of >= 3 words back to back is decoded again in Whisper's own 30 s window. Pieces with the same window are encoded
+and decoded together, `batch_size` at a time, by CTranslate2's `generate` (beam search, no timestamps);
+`window_seconds: 30` is Whisper's own padding. `transcribe_with_frames` also returns each clip's encoder frames from
+that same pass: what `CT2WhisperEncoder` with the same model, compute type and `window_seconds` computes, so
+`predict` runs Whisper's encoder once per clip for the ASR and the audio model together.
 A multilingual model without a language falls back to faster-whisper's BatchedInferencePipeline (language detection).
 """
 
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import defaultdict
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -22,6 +27,8 @@ from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.transcribe.base import (WINDOW_SECONDS, Transcriber, TranscribeError, check_audio_array,
                                         normalize_text, optional, pick_device)
 from fusion_ser.packaged import packaged_model_path
+from fusion_ser.whisper_window import piece_frames, window_samples, windowed_mel
+from fusion_ser.whisper_window import pieces as clip_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +42,6 @@ def repeats_itself(text: str, min_words: int = 3) -> bool:
     words = re.sub(r"[^\w' ]", " ", text.lower()).split()
     n = len(words)
     return any(words[i:i + k] == words[i + k:i + 2 * k] for k in range(min_words, n // 2 + 1) for i in range(n - 2 * k + 1))
-
-
-def window_samples(n: int, min_seconds: float) -> int:
-    """Samples a piece of `n` samples is padded to: 2 n, at least `min_seconds`, at most Whisper's 30 s window."""
-    return int(min(WINDOW_SECONDS * SAMPLE_RATE, max(min_seconds * SAMPLE_RATE, 2 * n, n)))
 
 
 def default_whisper_model() -> str:
@@ -74,7 +76,7 @@ class FasterWhisperTranscriber(Transcriber):
             raise TranscribeError(f"window_seconds must lie in [1, {WINDOW_SECONDS:g}], got {window_seconds}",
                                   options=("window_seconds",))
         super().__init__(model, {"beam_size": beam_size, "language": optional(language), "vad": vad,
-                                 "compute_type": ctype, "decode": f"window>={float(window_seconds):g}s"})
+                                 "compute_type": ctype, "decode": f"window>={float(window_seconds):g}s/piece"})
         self.window_seconds = float(window_seconds)
         try:
             self.model = WhisperModel(model, device=dev.type, device_index=dev.index or 0, compute_type=ctype,
@@ -86,6 +88,7 @@ class FasterWhisperTranscriber(Transcriber):
         self.pipeline = BatchedInferencePipeline(self.model)
         self.batch_size = max(1, batch_size)
         self.compute_type = ctype
+        self.device_type = dev.type
         logger.info("faster-whisper %s on %s (%s)", model, dev, ctype)
 
     def _clip_timestamps(self, audio: np.ndarray, offset: float) -> list[dict]:
@@ -105,27 +108,53 @@ class FasterWhisperTranscriber(Transcriber):
         clips = [check_audio_array(a, i) for i, a in enumerate(audios)]
         if self.model.model.is_multilingual and self.options["language"] is None:
             return self._pipeline(clips)
+        return self._transcribe(clips, None)
+
+    def shared_pass_key(self) -> Optional[tuple]:
+        """(model, compute type, window) when `transcribe_with_frames` can serve an audio encoder's frames (CPU, no
+        VAD, a known language), else None; an encoder with the same key computes the same frames."""
+        if self.options["vad"] or self.device_type != "cpu" or (
+                self.model.model.is_multilingual and self.options["language"] is None):
+            return None
+        return str(Path(self.model_name).resolve()), self.compute_type, self.window_seconds
+
+    def transcribe_with_frames(self, audios: list[np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
+        """Transcripts and each clip's (T, D) float32 encoder frames from the same encoder pass (its pieces' frames,
+        concatenated); only where `shared_pass_key()` is not None."""
+        if self.shared_pass_key() is None:
+            raise TranscribeError("the encoder pass can be shared only on the CPU, without vad and with a language "
+                                  "(or an English-only model)", options=("vad", "device", "language"))
+        frames: list[list[np.ndarray]] = [[] for _ in audios]
+        texts = self._transcribe([check_audio_array(a, i) for i, a in enumerate(audios)], frames)
+        return texts, [np.concatenate(f) if f else np.zeros((0, 0), np.float32) for f in frames]
+
+    def _transcribe(self, clips: list[np.ndarray], frames: Optional[list[list[np.ndarray]]]) -> list[str]:
         pieces, owner = [], []
         for i, a in enumerate(clips):
-            for ts in self._clip_timestamps(a, 0.0):
-                pieces.append(a[int(ts["start"] * SAMPLE_RATE): int(ts["end"] * SAMPLE_RATE)])
-                owner.append(i)
+            cut = ([a[round(t["start"] * SAMPLE_RATE): round(t["end"] * SAMPLE_RATE)] for t in self._clip_timestamps(a, 0.0)]
+                   if self.options["vad"] else [p for p in clip_pieces(a) if len(p)])
+            pieces += cut
+            owner += [i] * len(cut)
         texts: list[list[str]] = [[] for _ in clips]
-        decoded = self._decode(pieces)
-        for i, text in zip(owner, decoded):
+        piece_frames_out: Optional[list[np.ndarray]] = None if frames is None else [np.zeros((0, 0))] * len(pieces)
+        decoded = self._decode(pieces, piece_frames_out)
+        for k, (i, text) in enumerate(zip(owner, decoded)):
             texts[i].append(text)
+            if frames is not None and piece_frames_out[k].size:
+                frames[i].append(piece_frames_out[k])
         return [normalize_text(" ".join(t)) for t in texts]
 
-    def _decode(self, pieces: list[np.ndarray]) -> list[str]:
-        """Texts of <= 30 s pieces: sorted by length, each batch padded to its longest piece's window; a piece that
-        repeats itself is decoded again in the full 30 s window."""
-        out = self._generate(pieces, self.window_seconds)
+    def _decode(self, pieces: list[np.ndarray], frames: Optional[list[np.ndarray]] = None) -> list[str]:
+        """Texts of <= 30 s pieces, each in its window; a piece that repeats itself is decoded again in the full 30 s
+        window. `frames` (one slot per piece) receives each piece's encoder frames of the first pass."""
+        out = self._generate(pieces, self.window_seconds, frames)
         again = [i for i, t in enumerate(out) if self.window_seconds < WINDOW_SECONDS and repeats_itself(t)]
         for i, text in zip(again, self._generate([pieces[i] for i in again], WINDOW_SECONDS)):
             out[i] = text
         return out
 
-    def _generate(self, pieces: list[np.ndarray], window_seconds: float) -> list[str]:
+    def _generate(self, pieces: list[np.ndarray], window_seconds: float,
+                  frames: Optional[list[np.ndarray]] = None) -> list[str]:
         if not pieces:
             return []
         import ctranslate2
@@ -134,20 +163,25 @@ class FasterWhisperTranscriber(Transcriber):
         tok = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
                         language=self.options["language"] or "en")
         prompt = list(tok.sot_sequence) + [tok.no_timestamps]
-        order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
+        by_window: dict[int, list[int]] = defaultdict(list)
+        for i in sorted(range(len(pieces)), key=lambda i: len(pieces[i])):
+            if len(pieces[i]):
+                by_window[window_samples(len(pieces[i]), window_seconds)].append(i)
         out = [""] * len(pieces)
-        for start in range(0, len(order), self.batch_size):
-            idx = [i for i in order[start:start + self.batch_size] if len(pieces[i])]
-            if not idx:
-                continue
-            n = window_samples(max(len(pieces[i]) for i in idx), window_seconds)
-            mels = np.stack([self.model.feature_extractor(np.pad(pieces[i], (0, n - len(pieces[i]))), padding=0)
-                             [:, : n // 160] for i in idx]).astype(np.float32)
-            results = self.model.model.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(mels)),
-                                                [prompt] * len(idx), beam_size=self.options["beam_size"],
-                                                max_length=MAX_TOKENS, suppress_blank=True, suppress_tokens=[-1])
-            for i, r in zip(idx, results):
-                out[i] = tok.decode(r.sequences_ids[0])
+        for n, members in sorted(by_window.items()):
+            for start in range(0, len(members), self.batch_size):
+                idx = members[start:start + self.batch_size]
+                mels = np.stack([windowed_mel(self.model.feature_extractor, pieces[i], n) for i in idx])
+                features = ctranslate2.StorageView.from_array(mels)
+                if frames is not None:  # encode once, keep the frames, decode from the same encoder output
+                    features = self.model.model.encode(features, to_cpu=True)
+                    encoded = np.asarray(features)
+                    for i, enc in zip(idx, encoded):
+                        frames[i] = np.array(enc[:piece_frames(len(pieces[i]))], dtype=np.float32)
+                results = self.model.model.generate(features, [prompt] * len(idx), beam_size=self.options["beam_size"],
+                                                    max_length=MAX_TOKENS, suppress_blank=True, suppress_tokens=[-1])
+                for i, r in zip(idx, results):
+                    out[i] = tok.decode(r.sequences_ids[0])
         return out
 
     def _pipeline(self, clips: list[np.ndarray]) -> list[str]:
