@@ -18,7 +18,6 @@ from fusion_ser.schema import SAMPLE_RATE
 
 WINDOW_SECONDS = 30.0  # Whisper's input window
 HOP = 160  # samples per log-mel frame
-CHUNK_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)
 
 
 def window_samples(n: int, min_seconds: float) -> int:
@@ -27,9 +26,10 @@ def window_samples(n: int, min_seconds: float) -> int:
     return int(min(WINDOW_SECONDS, math.ceil(seconds - 1e-9))) * SAMPLE_RATE
 
 
-def pieces(audio: np.ndarray) -> list[np.ndarray]:
-    """Consecutive pieces of at most 30 s (one for a short clip)."""
-    return [audio[i:i + CHUNK_SAMPLES] for i in range(0, max(len(audio), 1), CHUNK_SAMPLES)]
+def windows(audio: np.ndarray, seconds: float = WINDOW_SECONDS) -> list[np.ndarray]:
+    """Consecutive pieces of at most `seconds` (one for a short clip): Whisper's 30 s pieces by default."""
+    n = int(seconds * SAMPLE_RATE)
+    return [audio[i:i + n] for i in range(0, max(len(audio), 1), n)]
 
 
 def windowed_mel(extractor: Any, piece: np.ndarray, window: int) -> np.ndarray:

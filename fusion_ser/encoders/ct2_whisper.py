@@ -39,7 +39,7 @@ from fusion_ser.encoders.base import (AudioEncoder, AudioEncoderError, EncoderOu
 from fusion_ser.encoders.lora import add_lora, save_adapter
 from fusion_ser.encoders.whisper_torch import WhisperEncoderTorch, encoder_layer_count, quantize_int8
 from fusion_ser.packaged import packaged_model_path
-from fusion_ser.whisper_window import piece_frames, pieces, window_samples, windowed_mel
+from fusion_ser.whisper_window import piece_frames, window_samples, windowed_mel, windows
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class CT2WhisperEncoder(AudioEncoder):
         import ctranslate2
 
         outputs = []
-        for piece in pieces(np.asarray(wav, dtype=np.float32)):
+        for piece in windows(np.asarray(wav, dtype=np.float32)):
             mel = windowed_mel(self.extractor, piece, window_samples(len(piece), self.window_seconds))
             out = self.model.encode(ctranslate2.StorageView.from_array(mel[None]), to_cpu=True)
             outputs.append(np.asarray(out)[0][: piece_frames(len(piece))])

@@ -10,10 +10,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.device import resolve_device
 from fusion_ser.errors import FusionSerError
-from fusion_ser.whisper_window import WINDOW_SECONDS
 
 
 class TranscribeError(FusionSerError):
@@ -42,12 +40,6 @@ class Transcriber(ABC):
         key = json.dumps({"backend": self.backend, "model": self.model_name, "options": self.options},
                          sort_keys=True, default=str)
         return f"{self.backend}-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def windows(audio: np.ndarray, seconds: float = WINDOW_SECONDS) -> list[np.ndarray]:
-    """Split a clip into consecutive windows of at most `seconds` (one window for short clips)."""
-    n = int(seconds * SAMPLE_RATE)
-    return [audio[i:i + n] for i in range(0, max(len(audio), 1), n)]
 
 
 def check_audio_array(audio: Any, index: int = 0) -> np.ndarray:

@@ -24,11 +24,10 @@ from typing import Optional
 import numpy as np
 
 from fusion_ser.schema import SAMPLE_RATE
-from fusion_ser.transcribe.base import (WINDOW_SECONDS, Transcriber, TranscribeError, check_audio_array,
-                                        normalize_text, optional, pick_device)
+from fusion_ser.transcribe.base import (Transcriber, TranscribeError, check_audio_array, normalize_text, optional,
+                                        pick_device)
 from fusion_ser.packaged import packaged_model_path
-from fusion_ser.whisper_window import piece_frames, window_samples, windowed_mel
-from fusion_ser.whisper_window import pieces as clip_pieces
+from fusion_ser.whisper_window import WINDOW_SECONDS, piece_frames, window_samples, windowed_mel, windows
 
 logger = logging.getLogger(__name__)
 
@@ -132,19 +131,18 @@ class FasterWhisperTranscriber(Transcriber):
         pieces, owner = [], []
         for i, a in enumerate(clips):
             cut = ([a[round(t["start"] * SAMPLE_RATE): round(t["end"] * SAMPLE_RATE)] for t in self._clip_timestamps(a, 0.0)]
-                   if self.options["vad"] else [p for p in clip_pieces(a) if len(p)])
+                   if self.options["vad"] else [p for p in windows(a) if len(p)])
             pieces += cut
             owner += [i] * len(cut)
         texts: list[list[str]] = [[] for _ in clips]
-        piece_frames_out: Optional[list[np.ndarray]] = None if frames is None else [np.zeros((0, 0))] * len(pieces)
-        decoded = self._decode(pieces, piece_frames_out)
-        for k, (i, text) in enumerate(zip(owner, decoded)):
+        encoded: Optional[list] = None if frames is None else [None] * len(pieces)
+        for k, (i, text) in enumerate(zip(owner, self._decode(pieces, encoded))):
             texts[i].append(text)
-            if frames is not None and piece_frames_out[k].size:
-                frames[i].append(piece_frames_out[k])
+            if encoded is not None and encoded[k] is not None:
+                frames[i].append(encoded[k])
         return [normalize_text(" ".join(t)) for t in texts]
 
-    def _decode(self, pieces: list[np.ndarray], frames: Optional[list[np.ndarray]] = None) -> list[str]:
+    def _decode(self, pieces: list[np.ndarray], frames: Optional[list] = None) -> list[str]:
         """Texts of <= 30 s pieces, each in its window; a piece that repeats itself is decoded again in the full 30 s
         window. `frames` (one slot per piece) receives each piece's encoder frames of the first pass."""
         out = self._generate(pieces, self.window_seconds, frames)
@@ -154,7 +152,7 @@ class FasterWhisperTranscriber(Transcriber):
         return out
 
     def _generate(self, pieces: list[np.ndarray], window_seconds: float,
-                  frames: Optional[list[np.ndarray]] = None) -> list[str]:
+                  frames: Optional[list] = None) -> list[str]:
         if not pieces:
             return []
         import ctranslate2

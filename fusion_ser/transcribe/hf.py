@@ -9,7 +9,8 @@ import torch
 
 from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.transcribe.base import (Transcriber, TranscribeError, check_audio_array, normalize_text,
-                                        optional, pick_device, windows)
+                                        optional, pick_device)
+from fusion_ser.whisper_window import windows
 
 
 class HFWhisperTranscriber(Transcriber):
