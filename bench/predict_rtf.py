@@ -2,7 +2,9 @@
 
     python bench/predict_rtf.py --run demo_out/runs/late --n 48 --batch-size 8
 
-The run defaults to the demo's late-fusion model (run `fusion-ser demo -o demo_out` first); its audio model reads the
+First, end to end as a user runs it: `fusion-ser predict RUN <the clips> -o out.jsonl` in a fresh process, timed from
+its start to its exit (Python start-up, imports, model loading, ASR, models, writing; the libraries' default threads),
+`--cli-repeats` times. Then in-process, for the per-stage split. The run defaults to the demo's late-fusion model (run `fusion-ser demo -o demo_out` first); its audio model reads the
 ASR's encoder frames (audio_encoder.window_seconds, one Whisper pass per clip; `--no-share` encodes twice). RAVDESS clips are 16 kHz
 FLAC, about 3.5 s each. A warm-up call on two clips (model loading, first-call allocations) is timed separately.
 Peak memory: the process's peak resident set size (getrusage ru_maxrss: Python, torch, CTranslate2 together) and
@@ -12,6 +14,11 @@ the peak of Python-level allocations during the measured call (tracemalloc; nati
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import resource
 import time
 import tracemalloc
@@ -21,6 +28,24 @@ import numpy as np
 import pandas as pd
 
 RAVDESS = Path("/work/shared/data/ravdess")
+
+
+def cli_end_to_end(run: str, paths: list[str], batch_size: int, device: str, k: int) -> None:
+    """`fusion-ser predict` in a new process on `paths`: wall time from spawn to exit, and what the CLI printed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [str(Path(sys.executable).with_name("fusion-ser")), "predict", run, *paths, "-o", f"{tmp}/out.jsonl",
+               "--batch-size", str(batch_size), "--device", device]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        wall = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise SystemExit(f"fusion-ser predict failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        audio_s = sum(json.loads(line)["duration"] for line in Path(f"{tmp}/out.jsonl").read_text().splitlines())
+    print(f"end to end, CLI run {k}: {len(paths)} files, {audio_s:.1f} s of audio in {wall:.2f} s from process start "
+          f"to exit: {audio_s / wall:.1f}x real time")
+    for line in done.stdout.splitlines():
+        if line.startswith(("Audio:", "Time per stage")):
+            print(f"  {line}")
 
 
 def main() -> None:
@@ -37,6 +62,7 @@ def main() -> None:
     ap.add_argument("--asr-threads", type=int, default=None, help="ASR CPU threads (default: --threads)")
     ap.add_argument("--no-share", action="store_true",
                     help="the audio model encodes every clip itself even where it could take the ASR's encoder frames")
+    ap.add_argument("--cli-repeats", type=int, default=2, help="end-to-end CLI runs (0: none)")
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -50,6 +76,9 @@ def main() -> None:
     clips = manifest.sample(n=min(args.n, len(manifest)), random_state=args.seed).reset_index(drop=True)
     paths = [str(Path(args.data) / p) for p in clips["path"]]
 
+    for k in range(args.cli_repeats):
+        cli_end_to_end(args.run, paths, args.batch_size, args.device, k + 1)
+
     t0, c0 = time.perf_counter(), time.process_time()
     transcriber = None
     asr_threads = args.threads if args.asr_threads is None else args.asr_threads
@@ -62,7 +91,7 @@ def main() -> None:
     if args.no_share and predictor.needs_text:
         from fusion_ser.shared_pass import SharedPass
 
-        predictor._shared = SharedPass(predictor.transcriber(), [])  # no encoder takes the ASR's frames
+        predictor._shared = SharedPass(predictor.transcriber(), None)  # no encoder takes the ASR's frames
     load_s, load_cpu = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
     predictor.predict(paths[:2], batch_size=args.batch_size)

@@ -32,9 +32,14 @@ def _model_predictors(predictor: Any) -> Iterator[Any]:
         yield from _model_predictors(m)
 
 
+def _standardizing(predictor: Any) -> Iterator[Any]:
+    """The model predictors whose config standardises by domain (the others' weights are not read here)."""
+    return (p for p in _model_predictors(predictor) if p.cfg.head.standardize != "none")
+
+
 def domain_mode(predictor: Any) -> Optional[str]:
     """speaker | corpus when some model of the run standardises by domain (speaker wins), else None."""
-    modes = {norm.mode for p in _model_predictors(predictor) if (norm := standardizer(p.model)) is not None}
+    modes = {norm.mode for p in _standardizing(predictor) if (norm := standardizer(p.model)) is not None}
     return "speaker" if "speaker" in modes else modes.pop() if modes else None
 
 
@@ -56,7 +61,7 @@ def adapt_predictor(predictor: Any, inputs: Sequence[Any], *, batch_size: int = 
     from fusion_ser.training.inference import adapt_arrays
 
     used = 0
-    for p in _model_predictors(predictor):
+    for p in _standardizing(predictor):
         if standardizer(p.model) is not None:
             used = max(used, adapt_arrays(p.model, _batches(p, inputs, batch_size), p.cfg, p.device))
     return used

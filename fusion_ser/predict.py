@@ -35,7 +35,7 @@ from fusion_ser.schema import SAMPLE_RATE
 from fusion_ser.device import resolve_device
 from fusion_ser.errors import FusionSerError
 from fusion_ser.fusion.runs import load_combiner
-from fusion_ser.prediction_values import aggregate_embeddings, aggregate_values, numbers, row_values
+from fusion_ser.prediction_values import PredictError, assemble_embeddings, assemble_values
 from fusion_ser.rundir import RunDir, RunInfo
 from fusion_ser.shared_pass import SharedPass
 from fusion_ser.segment import SegmentConfig, covering_windows, cut, fit_to_limit, split
@@ -43,12 +43,9 @@ from fusion_ser.segment import SegmentConfig, covering_windows, cut, fit_to_limi
 log = logging.getLogger(__name__)
 
 MIN_SECONDS = 0.1
+ASR_AHEAD = 3  # batches transcribed ahead of the models: the ASR keeps working while the models load on the first
 AudioInput = Union[str, Path, np.ndarray]
 Timings = dict[str, float]  # seconds per stage (load, segment, asr, model:<modality>, combine)
-
-
-class PredictError(FusionSerError):
-    """An input or run that prediction cannot use."""
 
 
 @dataclass
@@ -103,6 +100,10 @@ class Predictor(ABC):
     @abstractmethod
     def audio_encoders(self) -> list:
         """The audio encoders of this run's models that can take their frames from a transcriber's encoder pass."""
+
+    @abstractmethod
+    def load_models(self) -> None:
+        """Read the run's model weights (once): `predict` does it on the first batch, beside the first transcriptions."""
 
     def transcriber(self):
         """The packaged Whisper (faster-whisper, CTranslate2), loaded once on first use."""
@@ -179,9 +180,9 @@ class Predictor(ABC):
             while len(pending) >= batch_size or (final and pending):
                 chunk, pending = pending[:batch_size], pending[batch_size:]
                 inflight.append((chunk, self._transcribe_async(chunk)))  # ASR of this batch runs beside ...
-                if len(inflight) > 1:
-                    self._run_batch(*inflight.pop(0), rows, timings, per_input, handle)  # ... the previous batch
-            if final and inflight:
+                if len(inflight) > ASR_AHEAD:
+                    self._run_batch(*inflight.pop(0), rows, timings, per_input, handle)  # ... the batches before
+            while final and inflight:
                 self._run_batch(*inflight.pop(0), rows, timings, per_input, handle)
             waiting = {u.input_index for u in pending} | {u.input_index for c, _ in inflight for u in c}
             done = [i for i in units_of if i not in waiting]
@@ -257,13 +258,16 @@ class Predictor(ABC):
         """The transcriber and the audio encoders that take their frames from its encoder pass."""
         if self._shared is None:
             self._shared = SharedPass(self.transcriber() if self.needs_text else None,
-                                      self.audio_encoders() if self.needs_text else [])
+                                      self.audio_encoders if self.needs_text and self.needs_audio else None)
         return self._shared
 
     def _run_batch(self, chunk: list[Unit], asr: Optional[Future], rows: dict[str, Any], timings: Timings,
                    per_input: dict[int, Timings], handle: Callable) -> None:
         """Run one batch once its transcripts (when needed) are in; batched stages are shared by its inputs in
-        proportion to their audio length."""
+        proportion to their audio length; the first also loads the models (stage `setup`, on no input's account)."""
+        t0 = time.perf_counter()
+        self.load_models()
+        timings["setup"] += time.perf_counter() - t0
         before, frames = dict(timings), {}
         if asr is not None:
             (texts, frames), seconds = asr.result()
@@ -288,40 +292,13 @@ class Predictor(ABC):
 
     def _assemble(self, res: dict, units: list[Unit], rows: dict[str, dict], segmented: bool,
                   timing: Timings) -> None:
-        """Fill one input's result from its units' prediction rows (whole-file aggregate when segmented)."""
-        parts = [u for u in units if u.uid in rows]
-        if not parts:
-            res["error"] = f"{res['input']}: no usable audio for the model (every segment was unreadable or silent)"
-            return
-        values = [{"start": u.start, "end": u.end, "transcript": u.text, **row_values(self.info, rows.pop(u.uid))}
-                  for u in parts]
-        for v in values:
-            if not np.isfinite(numbers(v)).all():
-                raise PredictError(f"{res['input']}: run '{self.run_dir}' gave non-finite outputs ({numbers(v)}); its "
-                                   "weights are damaged or its training diverged: train the run again")
-        if segmented:
-            res.update(aggregate_values(self.info, values))
-            res["transcript"] = " ".join(v["transcript"] for v in values if v["transcript"])
-            res["segments"] = values
-            res["skipped_segments"] = len(units) - len(parts)
-        else:
-            v = values[0]
-            res.update({k: v[k] for k in v if k not in ("start", "end")})
-        self._finish(res, timing)
+        if assemble_values(self.info, str(self.run_dir), res, units, rows, segmented):
+            self._finish(res, timing)
 
     def _assemble_embeddings(self, res: dict, units: list[Unit], rows: dict[str, Any], segmented: bool,
                              timing: Timings) -> None:
-        """One input's embeddings; segmented: per segment, and their duration-weighted mean for the whole input."""
-        parts = [u for u in units if u.uid in rows]
-        if not parts:
-            res["error"] = f"{res['input']}: no usable audio for the model (every segment was unreadable or silent)"
-            return
-        values = [{"start": u.start, "end": u.end, "transcript": u.text, "embeddings": rows.pop(u.uid)} for u in parts]
-        if segmented:
-            res.update(embeddings=aggregate_embeddings(values), segments=values, skipped_segments=len(units) - len(parts))
-        else:
-            res.update(embeddings=values[0]["embeddings"], transcript=values[0]["transcript"])
-        self._finish(res, timing)
+        if assemble_embeddings(res, units, rows, segmented):
+            self._finish(res, timing)
 
     def _finish(self, res: dict, timing: Timings) -> None:
         """No transcripts where no model reads text; the input's time per stage."""
@@ -337,12 +314,24 @@ class ModelPredictor(Predictor):
 
     def __init__(self, run_dir: Path, info: RunInfo, device: torch.device):
         super().__init__(run_dir, info, device)
-        from fusion_ser.models.io import load_model
+        from fusion_ser.models.io import read_saved
 
-        self.model, self.cfg, self.labels = load_model(RunDir(run_dir).model_dir)
-        self.model.to(device)
-        self.model.eval()
+        self.cfg, self.labels = read_saved(RunDir(run_dir).model_dir)
+        self._model: Optional[torch.nn.Module] = None
         self.stage_name = f"model:{self.cfg.modality}"
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The saved model, read on first use (a text model's first use imports transformers, seconds on a CPU)."""
+        if self._model is None:
+            from fusion_ser.models.io import load_model
+
+            model = load_model(RunDir(self.run_dir).model_dir)[0]
+            self._model = model.to(self.device).eval()
+        return self._model
+
+    def load_models(self) -> None:
+        self.model
 
     @property
     def needs_text(self) -> bool:
@@ -404,6 +393,10 @@ class CombinedPredictor(Predictor):
 
     def audio_encoders(self) -> list:
         return [e for m in self.members for e in m.audio_encoders()]
+
+    def load_models(self) -> None:
+        for m in self.members:
+            m.load_models()
 
     def predict_units(self, units: list[Unit], timings: Timings) -> pd.DataFrame:
         frames = [m.predict_units(units, timings) for m in self.members]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -27,20 +27,37 @@ def content_key(wav: np.ndarray) -> bytes:
 
 
 class SharedPass:
-    """The transcriber and the audio encoders that share its encoder pass (none: each encodes on its own)."""
+    """The transcriber and the audio encoders that share its encoder pass.
 
-    def __init__(self, transcriber: Any, encoders: list):
-        key = getattr(transcriber, "shared_pass_key", lambda: None)() if encoders else None
+    `encoders` (None: no sharing) is called on the first `serving`, not before: `predict` starts the ASR of the first
+    batches before it loads the run's models, so until then the transcriber keeps the frames of every clip it can
+    share (its `shared_pass_key()` is not None) and drops them once no encoder turns out to take them.
+    """
+
+    def __init__(self, transcriber: Any, encoders: Optional[Callable[[], list]]):
+        can_share = encoders is not None and transcriber is not None
         self.transcriber = transcriber
-        self.encoders = [e for e in encoders if key is not None and e.shared_pass_key() == key]
+        self.key = getattr(transcriber, "shared_pass_key", lambda: None)() if can_share else None
+        self._find = encoders
+        self._encoders: Optional[list] = None if self.key is not None else []
         self.served = 0  # clips whose frames came from the ASR's pass
-        if encoders and not self.encoders:
-            log.info("the ASR's encoder pass is not shared with the audio model: transcriber %s, encoders %s differ "
-                     "(model, compute type or window)", key, [e.shared_pass_key() for e in encoders])
+
+    @property
+    def encoders(self) -> list:
+        """The audio encoders whose `shared_pass_key()` is the transcriber's (found on first use)."""
+        if self._encoders is None:
+            found = self._find()
+            self._encoders = [e for e in found if e.shared_pass_key() == self.key]
+            if found and not self._encoders:
+                log.info("the ASR's encoder pass is not shared with the audio model: transcriber %s, encoders %s "
+                         "differ (model, compute type or window)", self.key, [e.shared_pass_key() for e in found])
+            if not self._encoders:
+                self.key = None  # the transcriber stops keeping frames
+        return self._encoders
 
     def transcribe(self, wavs: list[np.ndarray]) -> tuple[list[str], Frames]:
-        """Transcripts of a batch, and (when an encoder shares the pass) each clip's encoder frames by content."""
-        if not self.encoders:
+        """Transcripts of a batch, and (while an encoder may share the pass) each clip's encoder frames by content."""
+        if self.key is None:
             return self.transcriber.transcribe_batch(wavs), {}
         texts, frames = self.transcriber.transcribe_with_frames(wavs)
         return texts, {content_key(w): f for w, f in zip(wavs, frames)}
@@ -53,10 +70,11 @@ class SharedPass:
             self.served += hit is not None
             return hit
 
-        for encoder in self.encoders:
+        encoders = self.encoders
+        for encoder in encoders:
             encoder.frame_source = source if frames else None
         try:
             yield
         finally:
-            for encoder in self.encoders:
+            for encoder in encoders:
                 encoder.frame_source = None

@@ -241,6 +241,32 @@ def test_a_failing_recognizer_stops_the_prediction_with_its_error(runs, corpus):
         predictor.predict(_test_rows(corpus)["path"].tolist(), batch_size=2)
 
 
+def test_predict_transcribes_the_first_batches_while_the_models_load(runs, corpus):
+    """load() reads the run's configs only; predict hands the ASR ASR_AHEAD + 1 batches before it reads the models'
+    weights (a text model's first use imports transformers: seconds the ASR now works through), counts the loading as
+    the `setup` stage on no input's account, and predicts what a predictor loaded up front predicts."""
+    import fusion_ser
+    from fusion_ser.predict import ASR_AHEAD
+
+    paths = _test_rows(corpus)["path"].tolist()
+    eager = fusion_ser.load(runs["late"])
+    eager.load_models()
+    assert all(m._model is not None for m in eager.members)
+    expected = eager.predict(paths, batch_size=1)
+    predictor = fusion_ser.load(runs["late"])
+    assert [m._model for m in predictor.members] == [None, None]
+    submitted, at_load = [], []
+    submit, load_models = predictor._transcribe_async, predictor.load_models
+    predictor._transcribe_async = lambda chunk: submitted.append(len(chunk)) or submit(chunk)
+    predictor.load_models = lambda: at_load.append(len(submitted)) or load_models()
+    results = predictor.predict(paths, batch_size=1)
+    assert len(paths) > ASR_AHEAD + 1 and at_load[0] == ASR_AHEAD + 1
+    assert predictor.last_timings["setup"] > 0 and all("setup" not in r["timing"] for r in results)
+    assert [r["transcript"] for r in results] == [r["transcript"] for r in expected]
+    np.testing.assert_allclose([list(r["probs"].values()) for r in results],
+                               [list(r["probs"].values()) for r in expected], atol=1e-6)
+
+
 def test_the_asr_encoder_pass_gives_a_windowed_whisper_audio_model_its_frames(runs, corpus, tmp_path):
     """A late fusion whose audio model is the transcriber's Whisper encoder in its window (window_seconds 10, int8):
     predict encodes each clip once, for the ASR and the audio model together (the audio encoder computes nothing
@@ -269,6 +295,7 @@ def test_the_asr_encoder_pass_gives_a_windowed_whisper_audio_model_its_frames(ru
         texts[name] = [r["transcript"] for r in results]
         served = predictor._sharing().served
         assert (served, len(own_passes)) == ((len(test), 0) if name == "shared" else (0, len(test)))
+        assert (encoder._model is None) == (name == "shared")  # sharing: its own CTranslate2 copy is never read
     assert texts["shared"] == test["text"].tolist()
     np.testing.assert_allclose(outputs["shared"], saved[prob_columns(labels)].to_numpy(), atol=2e-3)
     same = np.array(texts["apart"]) == np.array(texts["shared"])  # the 30 s window reads (nearly) every clip alike

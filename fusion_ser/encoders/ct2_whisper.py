@@ -37,7 +37,7 @@ from fusion_ser.device import resolve_device
 from fusion_ser.encoders.base import (AudioEncoder, AudioEncoderError, EncoderOutput, cached_output, combine_layers,
                                       pad_frames, split_batch_audio)
 from fusion_ser.encoders.lora import add_lora, save_adapter
-from fusion_ser.encoders.whisper_torch import WhisperEncoderTorch, encoder_layer_count, quantize_int8
+from fusion_ser.encoders.whisper_torch import WhisperEncoderTorch, encoder_layer_count, encoder_width, quantize_int8
 from fusion_ser.packaged import packaged_model_path
 from fusion_ser.whisper_window import piece_frames, window_samples, windowed_mel, windows
 
@@ -180,8 +180,8 @@ class CT2WhisperEncoder(AudioEncoder):
         if self._dim is None:
             if self.stack_layers:
                 self._dim = int(self.torch_encoder.conv1.out_channels)
-            else:
-                self._dim = int(self.encode_waveform(np.zeros(SAMPLE_RATE // 10, dtype=np.float32)).shape[-1])
+            else:  # read off model.bin: `predict` may never load the CTranslate2 model (the ASR gives the frames)
+                self._dim = encoder_width(self.model_path)
         if self.config.layers == "concat":
             return self._dim * (self.num_layers + 1)
         return self._dim

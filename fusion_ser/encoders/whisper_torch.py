@@ -33,7 +33,7 @@ class WhisperWeightsError(FusionSerError):
 def read_ct2_variables(model_bin: str | Path, prefix: str = "encoder/", *, names_only: bool = False
                        ) -> dict[str, np.ndarray]:
     """The variables of a CTranslate2 model.bin whose names start with `prefix` (others are skipped unread); with
-    names_only, just their names (each mapped to an empty placeholder array), without reading any data."""
+    names_only, each mapped to a read-only placeholder of its shape (a broadcast zero), without reading any data."""
     path = Path(model_bin)
     out: dict[str, np.ndarray] = {}
     with open(path, "rb") as f:
@@ -58,7 +58,7 @@ def read_ct2_variables(model_bin: str | Path, prefix: str = "encoder/", *, names
                 if not name.startswith(prefix) or names_only:
                     f.seek(size, 1)
                     if name.startswith(prefix):
-                        out[name] = np.empty((0,), dtype=np.float32)
+                        out[name] = np.broadcast_to(np.zeros((), dtype=np.float32), shape)
                     continue
                 if dtype is None:
                     raise WhisperWeightsError(f"{path}: variable '{name}' has an unknown CTranslate2 type")
@@ -66,6 +66,11 @@ def read_ct2_variables(model_bin: str | Path, prefix: str = "encoder/", *, names
         except struct.error as e:
             raise WhisperWeightsError(f"{path}: truncated or not a CTranslate2 model.bin ({e})") from e
     return out
+
+
+def encoder_width(model_dir: str | Path) -> int:
+    """Width of a CTranslate2 Whisper model's encoder frames, from model.bin's variable shapes alone."""
+    return int(read_ct2_variables(Path(model_dir) / "model.bin", names_only=True)["encoder/conv2/bias"].shape[0])
 
 
 def _layer_ids(names: Iterable[str]) -> set[str]:

@@ -54,13 +54,19 @@ def save_model(model: nn.Module, cfg: Config, labels: list[str], directory: str 
     return d
 
 
-def load_model(directory: str | Path) -> tuple[nn.Module, Config, list[str]]:
-    """Rebuild a model saved by save_model, without access to the training config files."""
+def read_saved(directory: str | Path) -> tuple[Config, list[str]]:
+    """The config and labels of a folder written by save_model, checked to be one; its weights stay on disk (a
+    predictor reads them on first use, see load_model)."""
     d = Path(directory)
     if not (d / "config.yaml").is_file() or not (d / WEIGHTS_FILE).is_file():
         raise ModelLoadError(f"'{d}' is not a saved model (needs config.yaml and {WEIGHTS_FILE}); point at a run's model/ folder")
-    cfg = read_config(d / "config.yaml")
-    labels = json.loads((d / "labels.json").read_text())
+    return read_config(d / "config.yaml"), json.loads((d / "labels.json").read_text())
+
+
+def load_model(directory: str | Path) -> tuple[nn.Module, Config, list[str]]:
+    """Rebuild a model saved by save_model, without access to the training config files."""
+    d = Path(directory)
+    cfg, labels = read_saved(d)
     index = json.loads((d / "encoders.json").read_text()) if (d / "encoders.json").is_file() else {}
     loaded = {}
     for name, meta in index.items():
