@@ -4,8 +4,9 @@ timing, and the plain reference recipe.
 Usage: python bench/encoder_speed.py [--data /work/shared/data/ravdess] [--clips 100] [--repeats 2] [--cache-dir DIR]
        [--skip-cache]
 
-Speed: CTranslate2's last layer (compute types default and int8) against the all-layers PyTorch copy in float32 and
-with audio_encoder.quantize=int8, on the same clips, log-mel included, per CPU-second and per wall second.
+Speed: CTranslate2's last layer (compute types default and int8) against the all-layers copy on ONNX Runtime
+(audio_encoder.runtime auto/onnxruntime, float32), on PyTorch (runtime=torch) and with audio_encoder.quantize=int8, on
+the same clips, log-mel included, per CPU-second and per wall second.
 
 Reference recipe (issue 3): frozen Whisper tiny.en frames, mean+std over frames, standardized, class-balanced
 logistic regression; 4 speaker-independent folds, actors sorted by name and dealt round-robin; fold k is test,
@@ -72,8 +73,11 @@ def main() -> None:
     # holds on a shared machine, wall time is printed beside it
     paths = {f"CTranslate2 last layer, compute_type {ct}": build_audio_encoder(AudioEncoderConfig(
         type="ct2_whisper", compute_type=ct, threads=args.threads, layers="last")) for ct in ("default", "int8")}
-    paths.update({f"all layers, PyTorch copy, quantize {q}": build_audio_encoder(AudioEncoderConfig(
-        type="ct2_whisper", layers="concat", quantize=q)) for q in ("none", "int8")})
+    layer_paths = {"all layers, ONNX Runtime float32 (default)": dict(runtime="onnxruntime"),
+                   "all layers, PyTorch float32": dict(runtime="torch"),
+                   "all layers, PyTorch quantize int8": dict(quantize="int8")}
+    paths.update({name: build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="concat", **opts))
+                  for name, opts in layer_paths.items()})
     speed: dict[str, tuple[float, float]] = {}
     for name, enc in paths.items():
         run = enc.hidden_states if enc.stack_layers else enc.encode_waveform
@@ -88,12 +92,17 @@ def main() -> None:
     print(f"\nreal-time factor, log-mel included ({torch.get_num_threads()} torch threads, CTranslate2 threads "
           f"{args.threads}; {len(wavs)} clips, best of {args.repeats}):")
     for name, (cpu, wall) in speed.items():
-        print(f"  {name:46s} {cpu:6.0f}x per CPU-second  {wall:6.0f}x wall")
+        print(f"  {name:44s} {cpu:6.0f}x per CPU-second  {wall:6.0f}x wall")
     names = list(speed)
     for layers in names[2:]:
         for last in names[:2]:
             print(f"  {layers} vs {last}: {100 * speed[layers][0] / speed[last][0]:.0f} % of its speed (CPU)")
     print("  (the last-layer feature cache uses compute_type default: float32 on a CPU without fast float16)")
+    ref = paths["all layers, PyTorch float32"]
+    for name in ("all layers, ONNX Runtime float32 (default)", "all layers, PyTorch quantize int8"):
+        errs = [float(np.linalg.norm(paths[name].hidden_states(w).numpy() - r) / np.linalg.norm(r))
+                for w, r in ((w, ref.hidden_states(w).numpy()) for w in wavs[:10])]
+        print(f"  {name}: relative error against PyTorch float32 (10 clips, all layers) at most {max(errs):.1e}")
 
     if args.skip_cache:
         return

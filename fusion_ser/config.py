@@ -105,6 +105,9 @@ class AudioEncoderConfig:
     # ct2_whisper's PyTorch copy (layers weighted/concat, frozen): none = float32 | int8 = dynamic int8 matmuls (the
     # Linear layers; CPU), about 2x faster, frames close to float32's, cached apart from them
     quantize: Literal["none", "int8"] = "none"
+    # ct2_whisper's frozen float32 copy on the CPU: auto = ONNX Runtime where it is installed (within 10 % of
+    # CTranslate2's speed, the same frames to float rounding), else PyTorch | torch | onnxruntime (an error without it)
+    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
     n_mels: int = ranged(80, "[1, inf)")  # fbank
     hidden_dim: int = ranged(256, "[1, inf)")  # fbank network width
     # finetune=lora: SAIL's (Interspeech 2025) rank 16 on the feed-forward layers of the upper half of the layers

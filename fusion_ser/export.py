@@ -20,14 +20,12 @@ outside PyTorch (w2v-BERT's feature extractor). Before the files are written, th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -38,11 +36,11 @@ from fusion_ser.data.context import SEPARATOR
 from fusion_ser.schema import SAMPLE_RATE, has_attributes, has_classes
 from fusion_ser.errors import FusionSerError
 from fusion_ser.models.output import readout
+from fusion_ser.onnx_exporter import OPSET, export_program
 from fusion_ser.rundir import RunDir, RunInfo, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-OPSET = 18
 AUDIO_INPUTS = ("wav", "wav_lengths")
 TEXT_INPUTS = ("input_ids", "attention_mask")
 SEGMENT_INPUT = "token_type_ids"  # context runs on tokenizers with segment ids: 0 context, 1 text
@@ -235,29 +233,10 @@ def _reference(model: nn.Module, cfg: Config, probe: list) -> np.ndarray:
     return np.stack(rows)
 
 
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Keep the exporter's own notices (optional torchvision ops, axis renaming, deprecations inside torch) out of
-    the user's terminal; its errors still raise."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            for message in (".*axis name.*", ".*LeafSpec.*", ".*mismatched key_padding_mask.*"):
-                warnings.filterwarnings("ignore", message=message)
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _export_graph(graph: nn.Module, inputs: tuple[torch.Tensor, ...], names: tuple[str, ...], outputs: list[str],
                   dynamic: dict, path: Path, external: bool) -> None:
     try:
-        with _quiet_exporter():
-            program = torch.onnx.export(graph, inputs, input_names=list(names), output_names=outputs,
-                                        dynamic_shapes=dynamic, opset_version=OPSET, dynamo=True, verbose=False,
-                                        report=False)
+        program = export_program(graph, inputs, list(names), outputs, dynamic)
     except Exception as e:  # the exporter raises many types; the message says which operation failed
         raise ExportError(f"torch.onnx.export could not trace the model: {type(e).__name__}: {str(e)[:400]}") from e
     program.save(str(path), external_data=external)

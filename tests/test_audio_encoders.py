@@ -387,3 +387,76 @@ def test_whisper_layers_int8_frames_close_to_float32_cached_apart_and_round_trip
         build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="last", quantize="int8"))
     with pytest.raises(ConfigError, match=r"audio_encoder\.quantize: int8 applies to the ct2_whisper"):
         build_audio_encoder(AudioEncoderConfig(type="fbank", finetune="full", quantize="int8"))
+
+
+def test_whisper_layers_on_onnxruntime_equal_pytorch_and_reuse_the_exported_graph(monkeypatch, tmp_path, caplog) -> None:
+    """audio_encoder.runtime: the frozen all-layers copy on ONNX Runtime gives PyTorch's hidden states (two 30 s
+    chunks) under the same cache id; its exported graph is kept in the cache and read back by the next encoder
+    (no second export), a truncated graph file is exported again, and the encoder still deep-copies."""
+    import copy
+    import logging
+
+    from fusion_ser.encoders import whisper_ort
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    rng = np.random.default_rng(5)
+    wav = 0.1 * rng.standard_normal(SR * 35).astype(np.float32)
+    ort = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="concat", runtime="onnxruntime"))
+    ref = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="concat", runtime="torch"))
+    got, want = ort.hidden_states(wav), ref.hidden_states(wav)
+    assert isinstance(ort._layer_runner(), whisper_ort.OrtWhisperEncoder)
+    assert isinstance(ref._layer_runner(), torch.nn.Module)
+    assert got.shape == want.shape == (5, 1751, 384) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-3)
+    assert ort.cache_id() == ref.cache_id()
+    graphs = list((tmp_path / "fusion-ser" / "onnx").glob("*.onnx"))
+    assert len(graphs) == 1 and graphs[0].stat().st_size > 1_000_000
+
+    def no_export(encoder):
+        raise AssertionError("exported again although the graph is cached")
+
+    monkeypatch.setattr(whisper_ort, "export_stacked", no_export)
+    again = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="weighted"))  # runtime auto
+    torch.testing.assert_close(again.hidden_states(wav), got, rtol=0, atol=0)
+    clone = copy.deepcopy(again)
+    assert clone.__dict__.get("_ort") is None
+    torch.testing.assert_close(clone.hidden_states(wav), got, rtol=0, atol=0)
+
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    graphs[0].write_bytes(graphs[0].read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING, logger="fusion_ser.encoders.whisper_ort"):
+        fresh = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="concat", runtime="onnxruntime"))
+        torch.testing.assert_close(fresh.hidden_states(wav), got, rtol=0, atol=0)
+    assert "did not load" in caplog.text and graphs[0].stat().st_size > 1_000_000
+
+
+def test_whisper_runtime_option_errors_and_auto_falls_back_to_pytorch(monkeypatch, tmp_path, caplog) -> None:
+    """runtime=onnxruntime outside the frozen float32 all-layers copy, or without onnxruntime, is an error naming the
+    option; runtime=auto without onnxruntime logs why and runs PyTorch."""
+    import logging
+    import sys
+
+    from fusion_ser.config import load_config
+
+    with pytest.raises(AudioEncoderError, match=r"audio_encoder\.runtime: onnxruntime runs the frozen float32 copy"):
+        build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="last", runtime="onnxruntime"))
+    with pytest.raises(AudioEncoderError, match=r"quantize=int8; set runtime=auto"):
+        build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="concat", quantize="int8", runtime="onnxruntime"))
+    with pytest.raises(ConfigError, match=r"audio_encoder\.runtime: onnxruntime runs the ct2_whisper"):
+        build_audio_encoder(AudioEncoderConfig(type="fbank", finetune="full", runtime="onnxruntime"))
+    with pytest.raises(ConfigError, match=r"audio_encoder\.runtime: 'tensorrt' is not one of"):
+        load_config(None, ["audio_encoder.runtime=tensorrt"])
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    strict = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="concat", runtime="onnxruntime"))
+    wav = tone_batch([16000])["wav"][0].numpy()
+    with pytest.raises(AudioEncoderError, match=r"onnxruntime is not installed.*install fusion-ser\[onnx\] or set runtime=auto"):
+        strict.hidden_states(wav)
+    auto = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="concat"))
+    with caplog.at_level(logging.WARNING, logger="fusion_ser.encoders.ct2_whisper"):
+        hidden = auto.hidden_states(wav)
+    assert "runs on PyTorch" in caplog.text and isinstance(auto._layer_runner(), torch.nn.Module)
+    torch.testing.assert_close(hidden, build_audio_encoder(AudioEncoderConfig(
+        type="ct2_whisper", layers="concat", runtime="torch")).hidden_states(wav), rtol=0, atol=0)

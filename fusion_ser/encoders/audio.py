@@ -26,6 +26,9 @@ def build_audio_encoder(cfg: AudioEncoderConfig) -> Encoder:
     if cfg.quantize != "none" and cfg.type != "ct2_whisper":
         raise ConfigError(f"audio_encoder.quantize: {cfg.quantize} applies to the ct2_whisper encoder's PyTorch copy, "
                           f"not to type {cfg.type}; set audio_encoder.quantize=none", options=("audio_encoder.quantize",))
+    if cfg.runtime == "onnxruntime" and cfg.type != "ct2_whisper":
+        raise ConfigError(f"audio_encoder.runtime: onnxruntime runs the ct2_whisper encoder's all-layers copy, not type "
+                          f"{cfg.type}; set audio_encoder.runtime=auto", options=("audio_encoder.runtime",))
     if cfg.window_seconds and cfg.type != "ct2_whisper":
         raise ConfigError(f"audio_encoder.window_seconds: {cfg.window_seconds:g} applies to the ct2_whisper encoder (the "
                           f"transcriber's window), not to type {cfg.type}; set audio_encoder.window_seconds=0",

@@ -110,6 +110,11 @@ class CT2WhisperEncoder(AudioEncoder):
                                     f"layer (layers weighted or concat, finetune frozen), not to layers={cfg.layers}, "
                                     f"finetune={cfg.finetune}; for the last layer set audio_encoder.compute_type=int8 "
                                     "(CTranslate2), or set quantize=none", options=("audio_encoder.quantize",))
+        if cfg.runtime == "onnxruntime" and (not self.stack_layers or self.adapted or self.quantized):
+            raise AudioEncoderError("audio_encoder.runtime: onnxruntime runs the frozen float32 copy that computes every "
+                                    f"layer (layers weighted or concat, finetune frozen, quantize none), not layers="
+                                    f"{cfg.layers}, finetune={cfg.finetune}, quantize={cfg.quantize}; set runtime=auto",
+                                    options=("audio_encoder.runtime",))
         if self.adapted:
             self._torch = add_lora(WhisperEncoderTorch.from_ct2(self.model_path), cfg.lora, ["ffn_in", "ffn_out"],
                                    "audio_encoder.lora")
@@ -121,6 +126,7 @@ class CT2WhisperEncoder(AudioEncoder):
         if not self.adapted:  # the frozen copy is re-read from model.bin; an adapted one holds trained weights
             state["_torch"] = None
         state["_int8"] = None
+        state["_ort"] = None
         state["frame_source"] = None
         return state
 
@@ -147,6 +153,26 @@ class CT2WhisperEncoder(AudioEncoder):
         if self._torch is None:
             self._torch = WhisperEncoderTorch.from_ct2(self.model_path)
         return self._torch.to(self._anchor.device)
+
+    def _layer_runner(self) -> Any:
+        """What computes the frozen hidden states: ONNX Runtime (audio_encoder.runtime, on the CPU) or the PyTorch
+        copy; under runtime=auto a missing onnxruntime or a failed export is logged once and PyTorch runs."""
+        runtime = self.config.runtime
+        if self.quantized or runtime == "torch" or (runtime == "auto" and self._anchor.device.type != "cpu"):
+            return self.torch_encoder
+        if self.__dict__.get("_ort") is None:
+            from fusion_ser.encoders.whisper_ort import OnnxRuntimeUnavailable, OrtWhisperEncoder, graph_key
+
+            try:
+                self.__dict__["_ort"] = OrtWhisperEncoder(self.torch_encoder.cpu(), graph_key(model_hash(self.model_path)),
+                                                          torch.get_num_threads())
+            except OnnxRuntimeUnavailable as e:
+                if runtime == "onnxruntime":
+                    raise AudioEncoderError(f"audio_encoder.runtime: onnxruntime cannot run here: {e}; install "
+                                            "fusion-ser[onnx] or set runtime=auto", options=("audio_encoder.runtime",)) from e
+                log.warning("the all-layers Whisper copy runs on PyTorch (about 20 %% slower): %s", e)
+                self.__dict__["_ort"] = False
+        return self.__dict__["_ort"] or self.torch_encoder
 
     @property
     def model(self) -> Any:
@@ -233,6 +259,10 @@ class CT2WhisperEncoder(AudioEncoder):
         """(L+1, T, D) float32 hidden states of one unpadded 16 kHz clip, 30 s of log-mel at a time (on the
         encoder's device, with gradients when `grad`: LoRA training)."""
         mel = self.log_mel(wav)
+        if not grad and not self.adapted:
+            runner = self._layer_runner()
+            if hasattr(runner, "stacked"):
+                return torch.cat([runner.stacked(torch.from_numpy(c))[0] for c in mel_chunks(mel)], dim=1)
         enc = self.torch_encoder
         device = enc.positions.device
         with torch.set_grad_enabled(grad):
