@@ -133,7 +133,8 @@ def main() -> None:
     cache_s, encoders = {}, {}
     for layers in sorted({VARIANTS[k][1][0] != "last" for k in keys} | {False}):  # the plain recipe: last layer
         cache, encoder, cache_s[layers], computed = fill_cache(cfg, df, [0.9, 1.0, 1.1], layers)
-        print(f"feature cache ({'all layers, PyTorch' if layers else 'last layer, CTranslate2'}): {computed} entries "
+        where = f"all layers, runtime {cfg.audio_encoder.runtime}" if layers else "last layer, CTranslate2"
+        print(f"feature cache ({where}): {computed} entries "
               f"computed in {cache_s[layers]:.0f} s ({len(df)} clips, {audio_min:.1f} min of audio, plain + speed "
               "0.9/1.1 copies; 0 computed = already cached)")
         encoders[layers] = (cache, encoder)
