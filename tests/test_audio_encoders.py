@@ -404,8 +404,7 @@ def test_whisper_layers_on_onnxruntime_equal_pytorch_and_reuse_the_exported_grap
     ort = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="concat", runtime="onnxruntime"))
     ref = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="concat", runtime="torch"))
     got, want = ort.hidden_states(wav), ref.hidden_states(wav)
-    assert isinstance(ort._layer_runner(), whisper_ort.OrtWhisperEncoder)
-    assert isinstance(ref._layer_runner(), torch.nn.Module)
+    assert isinstance(ort.onnx_encoder(), whisper_ort.OrtWhisperEncoder) and ref.onnx_encoder() is None
     assert got.shape == want.shape == (5, 1751, 384) and got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-3)
     assert ort.cache_id() == ref.cache_id()
@@ -457,6 +456,6 @@ def test_whisper_runtime_option_errors_and_auto_falls_back_to_pytorch(monkeypatc
     auto = build_audio_encoder(AudioEncoderConfig(type="ct2_whisper", layers="concat"))
     with caplog.at_level(logging.WARNING, logger="fusion_ser.encoders.ct2_whisper"):
         hidden = auto.hidden_states(wav)
-    assert "runs on PyTorch" in caplog.text and isinstance(auto._layer_runner(), torch.nn.Module)
+    assert "runs on PyTorch" in caplog.text and auto.onnx_encoder() is None
     torch.testing.assert_close(hidden, build_audio_encoder(AudioEncoderConfig(
         type="ct2_whisper", layers="concat", runtime="torch")).hidden_states(wav), rtol=0, atol=0)

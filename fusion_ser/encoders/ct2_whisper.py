@@ -37,13 +37,13 @@ from fusion_ser.device import resolve_device
 from fusion_ser.encoders.base import (AudioEncoder, AudioEncoderError, EncoderOutput, cached_output, combine_layers,
                                       pad_frames, split_batch_audio)
 from fusion_ser.encoders.lora import add_lora, save_adapter
-from fusion_ser.encoders.whisper_torch import WhisperEncoderTorch, encoder_layer_count, encoder_width, quantize_int8
+from fusion_ser.encoders.whisper_torch import (MAX_MEL_FRAMES, WhisperEncoderTorch, encoder_layer_count, encoder_width,
+                                               quantize_int8)
 from fusion_ser.packaged import packaged_model_path
 from fusion_ser.whisper_window import piece_frames, window_samples, windowed_mel, windows
 
 log = logging.getLogger(__name__)
 
-MAX_MEL_FRAMES = 3000  # Whisper's 30 s window at 100 frames/s
 _MODEL_HASHES: dict[tuple[str, int, int], str] = {}
 
 
@@ -154,12 +154,12 @@ class CT2WhisperEncoder(AudioEncoder):
             self._torch = WhisperEncoderTorch.from_ct2(self.model_path)
         return self._torch.to(self._anchor.device)
 
-    def _layer_runner(self) -> Any:
-        """What computes the frozen hidden states: ONNX Runtime (audio_encoder.runtime, on the CPU) or the PyTorch
-        copy; under runtime=auto a missing onnxruntime or a failed export is logged once and PyTorch runs."""
+    def onnx_encoder(self) -> Optional[Any]:
+        """The ONNX Runtime session that computes the frozen float32 hidden states (audio_encoder.runtime), or None
+        where the PyTorch copy does; under runtime=auto a missing onnxruntime or a failed export is logged once."""
         runtime = self.config.runtime
-        if self.quantized or runtime == "torch" or (runtime == "auto" and self._anchor.device.type != "cpu"):
-            return self.torch_encoder
+        if self.adapted or self.quantized or runtime == "torch" or (runtime == "auto" and self._anchor.device.type != "cpu"):
+            return None
         if self.__dict__.get("_ort") is None:
             from fusion_ser.encoders.whisper_ort import OnnxRuntimeUnavailable, OrtWhisperEncoder, graph_key
 
@@ -172,7 +172,7 @@ class CT2WhisperEncoder(AudioEncoder):
                                             "fusion-ser[onnx] or set runtime=auto", options=("audio_encoder.runtime",)) from e
                 log.warning("the all-layers Whisper copy runs on PyTorch (about 20 %% slower): %s", e)
                 self.__dict__["_ort"] = False
-        return self.__dict__["_ort"] or self.torch_encoder
+        return self.__dict__["_ort"] or None
 
     @property
     def model(self) -> Any:
@@ -259,10 +259,9 @@ class CT2WhisperEncoder(AudioEncoder):
         """(L+1, T, D) float32 hidden states of one unpadded 16 kHz clip, 30 s of log-mel at a time (on the
         encoder's device, with gradients when `grad`: LoRA training)."""
         mel = self.log_mel(wav)
-        if not grad and not self.adapted:
-            runner = self._layer_runner()
-            if hasattr(runner, "stacked"):
-                return torch.cat([runner.stacked(torch.from_numpy(c))[0] for c in mel_chunks(mel)], dim=1)
+        onnx = None if grad else self.onnx_encoder()
+        if onnx is not None:
+            return torch.cat([onnx.stacked(torch.from_numpy(c))[0] for c in mel_chunks(mel)], dim=1)
         enc = self.torch_encoder
         device = enc.positions.device
         with torch.set_grad_enabled(grad):

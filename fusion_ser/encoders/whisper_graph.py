@@ -18,11 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusion_ser.schema import SAMPLE_RATE
-from fusion_ser.encoders.whisper_torch import WhisperEncoderTorch
+from fusion_ser.encoders.whisper_torch import MAX_MEL_FRAMES as CHUNK_FRAMES, WhisperEncoderTorch
 
 N_FFT = 400
 HOP = 160
-CHUNK_FRAMES = 3000  # 30 s of log-mel frames: the longest input Whisper's encoder takes
 _MASKED = -1e9  # additive attention mask of padded keys (finite, so a fully padded chunk stays finite)
 
 

@@ -2,9 +2,10 @@
 by ONNX Runtime's CPU kernels, which fuse its LayerNorms, GELUs and attention.
 
 On 1 CPU thread the eager PyTorch copy runs at about 80 % of CTranslate2's speed on the same float32 weights; the same
-graph on ONNX Runtime runs within 10 % of it, with hidden states equal to PyTorch's to float rounding (about 1e-5), so
-both share one feature-cache id. The exported graph is kept in ~/.cache/fusion-ser/onnx (XDG_CACHE_HOME respected),
-keyed by the model's hash and the exporting torch's version: a later process loads it instead of exporting again.
+graph on ONNX Runtime runs within 10 % of it, with hidden states equal to PyTorch's to float rounding (relative error
+about 1e-6), so both share one feature-cache id. The exported graph is kept in ~/.cache/fusion-ser/onnx
+(XDG_CACHE_HOME respected), keyed by the model's hash, the code that defines the graph and the exporting torch's
+version: a later process loads it instead of exporting again.
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from fusion_ser.encoders.whisper_torch import MAX_MEL_FRAMES
 from fusion_ser.errors import FusionSerError
 from fusion_ser.onnx_exporter import OPSET, export_program
 
 log = logging.getLogger(__name__)
-
-MAX_MEL_FRAMES = 3000
 
 
 class OnnxRuntimeUnavailable(FusionSerError):
@@ -64,10 +63,14 @@ def export_stacked(encoder: nn.Module) -> bytes:
     return program.model_proto.SerializeToString()
 
 
-def cached_graph(key: str, encoder: nn.Module, cache_dir: Optional[Path] = None) -> bytes:
+def graph_path(key: str) -> Path:
+    return onnx_cache_dir() / f"{key}.onnx"
+
+
+def cached_graph(key: str, encoder: nn.Module) -> bytes:
     """The exported graph under `key`, read from the cache or exported and written there atomically (a cache that
     cannot be written is logged, and the graph is used from memory)."""
-    path = (cache_dir or onnx_cache_dir()) / f"{key}.onnx"
+    path = graph_path(key)
     if path.is_file():
         return path.read_bytes()
     graph = export_stacked(encoder)
@@ -83,9 +86,9 @@ def cached_graph(key: str, encoder: nn.Module, cache_dir: Optional[Path] = None)
 
 
 class OrtWhisperEncoder:
-    """Callable like `WhisperEncoderTorch` (mel -> list of N+1 hidden states) on an ONNX Runtime CPU session."""
+    """`encoder`'s stacked hidden states on an ONNX Runtime CPU session of its exported graph."""
 
-    def __init__(self, encoder: nn.Module, key: str, threads: int, cache_dir: Optional[Path] = None):
+    def __init__(self, encoder: nn.Module, key: str, threads: int):
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -96,23 +99,18 @@ class OrtWhisperEncoder:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        graph = cached_graph(key, encoder, cache_dir)
+        graph = cached_graph(key, encoder)
         try:
             self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # a truncated or foreign cache file: export afresh once
             log.warning("the cached Whisper graph %s.onnx did not load (%s); exporting it again", key, e)
-            (cache_dir or onnx_cache_dir()).joinpath(f"{key}.onnx").unlink(missing_ok=True)
-            self.session = ort.InferenceSession(cached_graph(key, encoder, cache_dir), options,
-                                                providers=["CPUExecutionProvider"])
-        self.threads = options.intra_op_num_threads
+            graph_path(key).unlink(missing_ok=True)
+            self.session = ort.InferenceSession(cached_graph(key, encoder), options, providers=["CPUExecutionProvider"])
 
     def stacked(self, mel: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, F) log-mel -> (B, L+1, T, D) float32 hidden states, on the CPU."""
         out = self.session.run(None, {"mel": np.ascontiguousarray(mel.detach().cpu().numpy(), dtype=np.float32)})[0]
         return torch.from_numpy(out)
-
-    def __call__(self, mel: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.stacked(mel).unbind(1))
 
 
 def graph_key(model_hash: str) -> str:

@@ -24,6 +24,7 @@ from fusion_ser.errors import FusionSerError
 # CTranslate2's variable type ids (include/ctranslate2/types.h); bfloat16 is read as raw 16-bit words
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}
 MAX_POSITIONS_KEY = "encoder/position_encodings/encodings"
+MAX_MEL_FRAMES = 3000  # Whisper's 30 s window at 100 log-mel frames/s: the longest input its encoder takes
 
 
 class WhisperWeightsError(FusionSerError):
